@@ -1,0 +1,101 @@
+// The AnoCLIP engine behind one small header: loads an OpenCLIP model directory, builds text
+// features for a prompt spec, and scores batches of preprocessed images (mixed classes allowed).
+//
+// Thread model: all methods are const and safe to call from several threads; libtorch's own
+// intra-op pool does the parallel work. Nothing here knows about gRPC.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "anomaly/prompt_ensemble.h"
+#include "model/open_clip_config.h"
+
+namespace anoclip::anomaly {
+
+struct DetectorOptions {
+  std::string model_dir;         // holds open_clip_config.json and the weights
+  std::string vocab_path;        // empty: <model_dir>/bpe_simple_vocab_16e6.txt.gz, then $ANOCLIP_VOCAB
+  std::string device = "cpu";    // "cpu" or "cuda:N"
+  std::string dtype = "float32"; // "float32"; "float16"/"bfloat16" on CUDA only
+  int threads = 0;               // intra-op threads; 0 = all hardware threads
+};
+
+// The text side for one class: rows t+ and t- and the 2N prompt rows (ALGORITHM.md §3).
+struct TextFeatures {
+  at::Tensor features;  // [2,D] float32, on the detector's device
+  at::Tensor prompts;   // [2N,D] float32, normal rows first
+};
+
+enum class TokenPath { kLocalAware, kPlainClip };
+
+enum class TtaInit { kText, kRandom };
+
+struct TtaOptions {
+  int steps = 5;
+  double lr = 1e-3;
+  double sigma = 0.05;
+  TtaInit init = TtaInit::kText;
+  uint64_t seed = 0;
+  // Replaces the Gaussian noise: returns δ for (step, shape [B,M,D]). Tests inject golden noise.
+  std::function<at::Tensor(int step, at::IntArrayRef shape)> noise;
+};
+
+struct DetectOptions {
+  int views = 1;                       // 1 or 22 (image score only)
+  TokenPath path = TokenPath::kLocalAware;
+  bool tta = false;
+  TtaOptions tta_options;
+  bool keep_tokens = false;            // fill Detection's token tensors (for --dump)
+};
+
+struct Detection {
+  float image_score = 0.f;
+  at::Tensor patch_probs;     // [M] abnormal probability per patch (after TTA when enabled)
+  at::Tensor anomaly_map;     // [S,S] at model resolution, CPU float32 (after TTA when enabled)
+  at::Tensor zero_shot_patch_probs;  // [M] before TTA (== patch_probs without TTA)
+  at::Tensor zero_shot_anomaly_map;  // [S,S] before TTA
+  std::vector<float> tta_losses;     // one per TTA step
+  // Filled when keep_tokens: [D], [M,D], [M,D].
+  at::Tensor cls_embedding, vv_tokens, qkv_tokens;
+  double encode_seconds = 0;  // this image's share of the batch's vision forward
+  double tta_seconds = 0;
+};
+
+class Detector {
+ public:
+  static absl::StatusOr<std::unique_ptr<Detector>> Create(const DetectorOptions& options);
+  ~Detector();
+
+  const model::OpenClipConfig& config() const;
+  // Stable identifier of the loaded weights (config + tensor content hash).
+  const std::string& model_id() const;
+  const std::string& device_name() const;
+
+  // Token ids of one text, for tests and tools.
+  std::vector<int64_t> Tokenize(const std::string& text) const;
+
+  absl::StatusOr<TextFeatures> EncodeText(const PromptSpec& spec) const;
+
+  // `images`: [B,3,S,S] float32 CPU, preprocessed. `text[i]` and `options[i]` belong to image i
+  // (`options` may hold one entry for all). One vision forward for the whole batch.
+  absl::StatusOr<std::vector<Detection>> Detect(
+      const at::Tensor& images, const std::vector<std::shared_ptr<const TextFeatures>>& text,
+      const std::vector<DetectOptions>& options) const;
+
+  // Raw encoders, for benchmarks and tests.
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  explicit Detector(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace anoclip::anomaly

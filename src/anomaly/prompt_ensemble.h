@@ -1,0 +1,41 @@
+// Domain-aware state prompt ensemble (ALGORITHM.md §3). Torch-free.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace anoclip::anomaly {
+
+// What the text side of a detection is built from. Empty custom lists mean the paper's defaults
+// for `kind`.
+struct PromptSpec {
+  std::string class_name;
+  std::string kind = "object";                 // "object" or "texture"
+  std::vector<std::string> domains;            // e.g. "industrial photo"; default by kind
+  std::vector<std::string> normal_states;      // templates with "{}", default 7 of the paper
+  std::vector<std::string> abnormal_states;    // same count as normal_states
+  // Stable key for caches: class, kind and every list.
+  std::string CacheKey() const;
+};
+
+struct PromptSet {
+  std::vector<std::string> normal;    // N prompts, row (dom*22 + tpl)*S + st
+  std::vector<std::string> abnormal;  // N prompts, same order
+};
+
+struct PromptLimits {
+  size_t max_class_name_bytes = 256;
+  size_t max_custom_entries = 64;  // per list
+  size_t max_entry_bytes = 256;
+};
+
+// "texture" for MVTec AD's texture classes (carpet, leather, grid, tile, wood), else "object".
+std::string DefaultKindForClass(const std::string& class_name);
+
+// Validates the spec (non-empty class, known kind, limits, each state containing one "{}") and
+// expands it.
+absl::StatusOr<PromptSet> BuildPromptSet(const PromptSpec& spec, const PromptLimits& limits = {});
+
+}  // namespace anoclip::anomaly

@@ -1,0 +1,43 @@
+// Image decoding with limits checked before any pixel buffer is allocated.
+// PNG, JPEG, BMP and TIFF (via OpenCV); gray is replicated, alpha dropped, 16-bit scaled to 8-bit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <opencv2/core/mat.hpp>
+
+#include "absl/status/statusor.h"
+
+namespace anoclip::image {
+
+struct ImageLimits {
+  int64_t max_pixels = 50'000'000;  // width*height, read from the header before decoding
+  int64_t max_bytes = 64 << 20;     // encoded size
+};
+
+struct ImageHeader {
+  std::string format;  // "png", "jpeg", "bmp", "tiff"
+  int64_t width = 0;
+  int64_t height = 0;
+};
+
+// Reads only the format's header: InvalidArgument for unknown formats, truncated headers,
+// zero sizes.
+absl::StatusOr<ImageHeader> PeekImageHeader(std::string_view bytes);
+
+// Decodes to CV_8UC3 in RGB order. InvalidArgument on empty/corrupt/oversized input.
+absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& limits = {});
+
+// Reads a file then DecodeImage. NotFound if it cannot be read.
+absl::StatusOr<cv::Mat> ReadImageFile(const std::string& path, const ImageLimits& limits = {});
+
+enum class TensorLayout { kHWC, kCHW };
+
+// A raw uint8 tensor with shape (H,W,C) or (C,H,W), C in {1,3,4}, to RGB CV_8UC3.
+absl::StatusOr<cv::Mat> ImageFromRawTensor(std::string_view data, const std::vector<int64_t>& shape,
+                                           TensorLayout layout, const ImageLimits& limits = {});
+
+}  // namespace anoclip::image
