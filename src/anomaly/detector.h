@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "anomaly/prompt_ensemble.h"
+#include "anomaly/test_time_adapter.h"
 #include "model/open_clip_config.h"
 
 namespace anoclip::anomaly {
@@ -34,18 +35,6 @@ struct TextFeatures {
 };
 
 enum class TokenPath { kLocalAware, kPlainClip };
-
-enum class TtaInit { kText, kRandom };
-
-struct TtaOptions {
-  int steps = 5;
-  double lr = 1e-3;
-  double sigma = 0.05;
-  TtaInit init = TtaInit::kText;
-  uint64_t seed = 0;
-  // Replaces the Gaussian noise: returns δ for (step, shape [B,M,D]). Tests inject golden noise.
-  std::function<at::Tensor(int step, at::IntArrayRef shape)> noise;
-};
 
 struct DetectOptions {
   int views = 1;                       // 1 or 22 (image score only)

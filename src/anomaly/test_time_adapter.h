@@ -1,0 +1,59 @@
+// AnoCLIP+ test-time adaptation (ALGORITHM.md §7): a per-image residual adapter on the patch
+// tokens, trained for a few AdamW steps on an entropy + noise-consistency loss, then used to
+// re-score the patches.
+//
+// A whole batch adapts at once: every image keeps its own W [2N,D] and b [2N] (batched matmuls
+// over [B,2N,D]); since AdamW is element-wise and the summed loss separates per image, the
+// result per image equals adapting it alone. Each image draws its noise and random init from its
+// own generator seeded with its seed, so results do not depend on the batch. Stateless between
+// calls; safe to call from several threads.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace anoclip::anomaly {
+
+enum class TtaInit {
+  kText,    // W = T, b = 0 (the paper)
+  kRandom,  // default nn.Linear initialisation (the authors' code)
+};
+
+struct TtaOptions {
+  int steps = 5;
+  double lr = 1e-3;
+  double sigma = 0.05;  // std of the Gaussian noise δ added to the patch tokens
+  TtaInit init = TtaInit::kText;
+  uint64_t seed = 0;
+  // When set, replaces the Gaussian noise: δ for (step, image index in the batch, shape [M,D]).
+  std::function<at::Tensor(int step, int64_t image, at::IntArrayRef shape)> noise;
+};
+
+struct TtaResult {
+  at::Tensor patch_probs;               // [B,M] abnormal probability with the adapted W, b
+  std::vector<std::vector<float>> losses;  // [B][steps], loss before each update
+};
+
+class TestTimeAdapter {
+ public:
+  // InvalidArgument for steps outside 1..100, non-positive/non-finite lr or sigma < 0.
+  static absl::StatusOr<TestTimeAdapter> Create(const TtaOptions& options);
+
+  // patches [B,M,D] (unnormalised patch tokens), prompts [B,2N,D] (rows of T), text_features
+  // [B,2,D] (t+, t-). All float32 on one device.
+  TtaResult Adapt(const at::Tensor& patches, const at::Tensor& prompts,
+                  const at::Tensor& text_features) const;
+
+  const TtaOptions& options() const { return options_; }
+
+ private:
+  explicit TestTimeAdapter(TtaOptions options) : options_(std::move(options)) {}
+  TtaOptions options_;
+};
+
+}  // namespace anoclip::anomaly

@@ -1,0 +1,73 @@
+// OpenCLIP's CLIP (ViT image tower + causal text tower) as libtorch modules whose parameter
+// names are exactly the state-dict keys of `open_clip_model.safetensors`, with AnoCLIP's
+// local-aware (value-value) path in the image tower (ALGORITHM.md §4).
+//
+// Include only where the model runs (engine, tests, benchmarks): this pulls in torch/nn.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include "absl/status/statusor.h"
+#include "io/state_dict.h"
+#include "model/open_clip_config.h"
+#include "model/transformer.h"
+
+namespace anoclip::model {
+
+// Which outputs a vision forward computes; the image token is always computed.
+struct VisionRequest {
+  bool local_aware_patches = true;  // P = ln_post(V̄[1:]) @ proj
+  bool plain_patches = false;       // ln_post(Z[1:]) @ proj (the "QKV" baseline)
+};
+
+struct VisionOutput {
+  at::Tensor image_embedding;   // [B,D]
+  at::Tensor local_aware_patches;  // [B,M,D] when asked
+  at::Tensor plain_patches;        // [B,M,D] when asked
+};
+
+// The image tower (`visual.*`): the original QKV path plus the value-value path that reuses
+// each block's values. Blocks whose patch outputs nobody reads are not computed: with only
+// local-aware patches asked for, the last block runs its attention and MLP for the image token
+// alone.
+struct LocalAwareEncoderImpl : torch::nn::Module {
+  LocalAwareEncoderImpl(const VisionConfig& config, int64_t embed_dim, bool quick_gelu);
+  VisionOutput forward(const at::Tensor& images, const VisionRequest& request);
+
+  VisionConfig config;
+  torch::nn::Conv2d conv1{nullptr};
+  at::Tensor class_embedding, positional_embedding, proj;
+  torch::nn::LayerNorm ln_pre{nullptr}, ln_post{nullptr};
+  Transformer transformer{nullptr};
+};
+TORCH_MODULE(LocalAwareEncoder);
+
+struct ClipModelImpl : torch::nn::Module {
+  explicit ClipModelImpl(const OpenClipConfig& config);
+
+  // token_ids: [N,context] int64 (zero-padded, end token = largest id). Runs the causal
+  // transformer only up to the longest prompt's end token, which is exact because no position
+  // attends to a later one. Returns [N,D] unnormalised.
+  at::Tensor EncodeText(const at::Tensor& token_ids, bool full_context = false);
+  VisionOutput EncodeImage(const at::Tensor& images, const VisionRequest& request) {
+    return visual->forward(images, request);
+  }
+
+  OpenClipConfig config;
+  LocalAwareEncoder visual{nullptr};
+  torch::nn::Embedding token_embedding{nullptr};
+  at::Tensor positional_embedding, text_projection, logit_scale;
+  Transformer transformer{nullptr};
+  torch::nn::LayerNorm ln_final{nullptr};
+};
+TORCH_MODULE(ClipModel);
+
+// Copies `weights` into the model's parameters. Every parameter must be present with its exact
+// shape; the error lists what is missing, mis-shaped or unexpected.
+absl::Status LoadClipWeights(ClipModel& model, const io::StateDict& weights);
+
+}  // namespace anoclip::model

@@ -1,0 +1,62 @@
+// The pre-LN transformer of OpenCLIP (`transformer.resblocks.{i}`), with the attention written
+// as batched matmuls (libtorch 1.13 has no public scaled_dot_product_attention).
+//
+// Parameter names match OpenCLIP's state dict: ln_1, attn.in_proj_weight, attn.in_proj_bias,
+// attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+namespace anoclip::model {
+
+struct AttentionImpl : torch::nn::Module {
+  AttentionImpl(int64_t width, int64_t heads);
+
+  // Splits Y·W_inᵀ + b_in into per-head [B,h,L,d] queries, keys and values.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> Project(const at::Tensor& y) const;
+  // Keys and values only, for tokens whose own query is not needed.
+  std::tuple<at::Tensor, at::Tensor> ProjectKeyValue(const at::Tensor& y) const;
+  // Query of the first token only: [B,h,1,d].
+  at::Tensor ProjectFirstQuery(const at::Tensor& y) const;
+  // softmax(q kᵀ/√d [+ mask]) v, heads merged and out_proj applied: [B,Lq,C].
+  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& mask = {}) const;
+
+  int64_t width, heads, head_dim;
+  at::Tensor in_proj_weight, in_proj_bias;
+  torch::nn::Linear out_proj{nullptr};
+};
+TORCH_MODULE(Attention);
+
+struct MlpImpl : torch::nn::Module {
+  MlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
+  bool quick_gelu;
+};
+TORCH_MODULE(Mlp);
+
+struct ResidualAttentionBlockImpl : torch::nn::Module {
+  ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden, bool quick_gelu);
+  // Standard block: x + attn(ln_1 x), then + mlp(ln_2 ·).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+  torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+  Attention attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(ResidualAttentionBlock);
+
+struct TransformerImpl : torch::nn::Module {
+  TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden, bool quick_gelu);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+  ResidualAttentionBlock block(size_t i) const { return blocks[i]; }
+  torch::nn::ModuleList resblocks;
+  std::vector<ResidualAttentionBlock> blocks;
+};
+TORCH_MODULE(Transformer);
+
+}  // namespace anoclip::model

@@ -1,0 +1,82 @@
+// The CLIP towers on the tiny reference weights: loading checks and the truncated text pass.
+#include "model/clip_model.h"
+
+#include <torch/torch.h>
+
+#include <gtest/gtest.h>
+
+#include "io/state_dict.h"
+#include "model/tokenizer.h"
+#include "test_util.h"
+
+namespace anoclip::model {
+namespace {
+
+class ClipModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto config = ReadOpenClipConfig(::anoclip::testing::TinyModelDir() + "/open_clip_config.json");
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
+    auto weights = io::LoadModelWeights(::anoclip::testing::TinyModelDir());
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    weights_ = std::move(weights).value();
+  }
+  OpenClipConfig config_;
+  io::StateDict weights_;
+};
+
+TEST_F(ClipModelTest, LoadsEveryParameterOfTheReferenceModel) {
+  ClipModel model(config_);
+  ASSERT_TRUE(LoadClipWeights(model, weights_).ok());
+  EXPECT_TRUE(torch::equal(model->visual->conv1->weight, weights_.at("visual.conv1.weight")));
+  EXPECT_TRUE(torch::equal(model->transformer->blocks[1]->attn->in_proj_weight,
+                           weights_.at("transformer.resblocks.1.attn.in_proj_weight")));
+}
+
+TEST_F(ClipModelTest, TruncatedTextPassEqualsFullContext) {
+  ClipModel model(config_);
+  ASSERT_TRUE(LoadClipWeights(model, weights_).ok());
+  auto tokenizer = BpeTokenizer::FromFile(::anoclip::testing::VocabPath());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  std::vector<int64_t> ids;
+  for (const char* text : {"a photo of a bottle", "a blurry industrial photo of a damaged metal nut"}) {
+    auto row = (*tokenizer)->EncodeForModel(text, 77);
+    ids.insert(ids.end(), row.begin(), row.end());
+  }
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::tensor(ids, torch::kLong).view({2, 77});
+  auto truncated = model->EncodeText(tokens);
+  auto full = model->EncodeText(tokens, /*full_context=*/true);
+  EXPECT_LT((truncated - full).abs().max().item<double>(), 1e-5 * full.abs().max().item<double>());
+}
+
+TEST_F(ClipModelTest, NamesMissingMisshapedAndUnexpectedWeights) {
+  ClipModel model(config_);
+  auto weights = weights_;
+  weights.erase("visual.ln_post.bias");
+  weights["visual.proj"] = torch::zeros({3, 3});
+  weights["visual.extra_head.weight"] = torch::zeros({1});
+  auto status = LoadClipWeights(model, weights);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(status.message());
+  EXPECT_NE(message.find("missing: visual.ln_post.bias"), std::string::npos) << message;
+  EXPECT_NE(message.find("visual.proj (expected [64, 32]"), std::string::npos) << message;
+  EXPECT_NE(message.find("unexpected: visual.extra_head.weight"), std::string::npos) << message;
+}
+
+TEST_F(ClipModelTest, LocalAwareOnlyForwardGivesTheSameTokensAsTheFullForward) {
+  ClipModel model(config_);
+  ASSERT_TRUE(LoadClipWeights(model, weights_).ok());
+  torch::NoGradGuard no_grad;
+  auto images = torch::randn({2, 3, 80, 80});
+  auto lean = model->EncodeImage(images, {true, false});
+  auto full = model->EncodeImage(images, {true, true});
+  EXPECT_TRUE(torch::allclose(lean.image_embedding, full.image_embedding, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(lean.local_aware_patches, full.local_aware_patches, 1e-5, 1e-6));
+  EXPECT_FALSE(lean.plain_patches.defined());
+  EXPECT_EQ(full.plain_patches.sizes(), (std::vector<int64_t>{2, 100, 32}));
+}
+
+}  // namespace
+}  // namespace anoclip::model
