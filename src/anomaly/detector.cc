@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "anomaly/detector_impl.h"
 #include "anomaly/scorer.h"
 #include "common/status_macros.h"
 #include "io/state_dict.h"
@@ -112,21 +113,6 @@ absl::Status CheckTtaOptions(const TtaOptions& options) {
 }
 
 }  // namespace
-
-struct Detector::Impl {
-  DetectorOptions options;
-  model::OpenClipConfig config;
-  std::unique_ptr<model::BpeTokenizer> tokenizer;
-  model::ClipModel model{nullptr};
-  torch::Device device{torch::kCPU};
-  torch::Dtype dtype = torch::kFloat32;
-  std::string model_id;
-  std::string device_name;
-
-  at::Tensor ToModelInput(const at::Tensor& images) const {
-    return images.to(device, dtype).contiguous();
-  }
-};
 
 Detector::Detector(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Detector::~Detector() = default;

@@ -78,7 +78,7 @@ class Detector {
       const at::Tensor& images, const std::vector<std::shared_ptr<const TextFeatures>>& text,
       const std::vector<DetectOptions>& options) const;
 
-  // Raw encoders, for benchmarks and tests.
+  // The loaded towers (anomaly/detector_impl.h), for benchmarks.
   struct Impl;
   const Impl& impl() const { return *impl_; }
 
