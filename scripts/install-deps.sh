@@ -7,7 +7,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp
   libopencv-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libre2-dev libssl-dev
+  libabsl-dev libre2-dev libssl-dev libicu-dev zlib1g-dev
   prometheus-cpp-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
 )

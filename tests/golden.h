@@ -2,7 +2,7 @@
 // tolerance checks.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
