@@ -1,0 +1,203 @@
+#include "image/decode.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace anoclip::image {
+namespace {
+
+uint32_t BigEndian32(const uint8_t* p) { return (uint32_t{p[0]} << 24) | (p[1] << 16) | (p[2] << 8) | p[3]; }
+uint16_t BigEndian16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
+
+absl::Status Truncated(const char* format) {
+  return absl::InvalidArgumentError(absl::StrCat(format, " header is truncated"));
+}
+
+absl::StatusOr<ImageHeader> PeekPng(const uint8_t* p, size_t n) {
+  if (n < 24) return Truncated("PNG");
+  if (std::string(reinterpret_cast<const char*>(p + 12), 4) != "IHDR") {
+    return absl::InvalidArgumentError("PNG does not start with IHDR");
+  }
+  return ImageHeader{"png", BigEndian32(p + 16), BigEndian32(p + 20)};
+}
+
+absl::StatusOr<ImageHeader> PeekJpeg(const uint8_t* p, size_t n) {
+  size_t pos = 2;
+  while (pos + 4 <= n) {
+    if (p[pos] != 0xFF) return absl::InvalidArgumentError("JPEG marker expected");
+    const uint8_t marker = p[pos + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++pos;
+      continue;
+    }
+    if (marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) {
+      pos += 2;
+      continue;
+    }
+    const uint16_t length = BigEndian16(p + pos + 2);
+    if (length < 2) return absl::InvalidArgumentError("JPEG segment length is invalid");
+    const bool start_of_frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (start_of_frame) {
+      if (pos + 9 > n) return Truncated("JPEG");
+      return ImageHeader{"jpeg", BigEndian16(p + pos + 7), BigEndian16(p + pos + 5)};
+    }
+    pos += 2 + length;
+  }
+  return Truncated("JPEG");
+}
+
+absl::StatusOr<ImageHeader> PeekBmp(const uint8_t* p, size_t n) {
+  if (n < 26) return Truncated("BMP");
+  const uint32_t info_size = p[14] | (p[15] << 8) | (p[16] << 16) | (uint32_t{p[17]} << 24);
+  if (info_size == 12) {  // OS/2 BITMAPCOREHEADER
+    return ImageHeader{"bmp", p[18] | (p[19] << 8), p[20] | (p[21] << 8)};
+  }
+  const int32_t width = static_cast<int32_t>(p[18] | (p[19] << 8) | (p[20] << 16) | (uint32_t{p[21]} << 24));
+  const int32_t height = static_cast<int32_t>(p[22] | (p[23] << 8) | (p[24] << 16) | (uint32_t{p[25]} << 24));
+  // A negative height marks a top-down bitmap.
+  return ImageHeader{"bmp", width, height < 0 ? -static_cast<int64_t>(height) : height};
+}
+
+absl::StatusOr<ImageHeader> PeekTiff(const uint8_t* p, size_t n) {
+  if (n < 8) return Truncated("TIFF");
+  const bool little = p[0] == 'I';
+  auto u16 = [&](size_t at) -> uint32_t { return little ? (p[at] | (p[at + 1] << 8)) : BigEndian16(p + at); };
+  auto u32 = [&](size_t at) -> uint32_t {
+    return little ? (p[at] | (p[at + 1] << 8) | (p[at + 2] << 16) | (uint32_t{p[at + 3]} << 24)) : BigEndian32(p + at);
+  };
+  const uint32_t ifd = u32(4);
+  if (ifd + 2 > n) return Truncated("TIFF");
+  const uint32_t entries = u16(ifd);
+  int64_t width = 0, height = 0;
+  for (uint32_t i = 0; i < entries; ++i) {
+    const size_t entry = ifd + 2 + 12 * size_t{i};
+    if (entry + 12 > n) return Truncated("TIFF");
+    const uint32_t tag = u16(entry), type = u16(entry + 2);
+    const uint32_t value = type == 3 ? u16(entry + 8) : u32(entry + 8);
+    if (tag == 256) width = value;
+    if (tag == 257) height = value;
+  }
+  return ImageHeader{"tiff", width, height};
+}
+
+}  // namespace
+
+absl::StatusOr<ImageHeader> PeekImageHeader(std::string_view bytes) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  const size_t n = bytes.size();
+  if (n == 0) return absl::InvalidArgumentError("image is empty");
+  absl::StatusOr<ImageHeader> header = absl::InvalidArgumentError(
+      "unknown image format; expected PNG, JPEG, BMP or TIFF");
+  if (n >= 8 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) {
+    header = PeekPng(p, n);
+  } else if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) {
+    header = PeekJpeg(p, n);
+  } else if (n >= 2 && p[0] == 'B' && p[1] == 'M') {
+    header = PeekBmp(p, n);
+  } else if (n >= 4 && (std::memcmp(p, "II*\0", 4) == 0 || std::memcmp(p, "MM\0*", 4) == 0)) {
+    header = PeekTiff(p, n);
+  }
+  if (header.ok() && (header->width <= 0 || header->height <= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(header->format, " image has size ", header->width, "x", header->height));
+  }
+  return header;
+}
+
+absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& limits) {
+  if (static_cast<int64_t>(bytes.size()) > limits.max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image is ", bytes.size(), " bytes; the limit is ", limits.max_bytes));
+  }
+  auto header = PeekImageHeader(bytes);
+  if (!header.ok()) return header.status();
+  // Checked before OpenCV allocates the pixel buffer.
+  if (header->width * header->height > limits.max_pixels) {
+    return absl::InvalidArgumentError(absl::StrCat("image is ", header->width, "x", header->height,
+                                                   "; the limit is ", limits.max_pixels, " pixels"));
+  }
+  cv::Mat decoded;
+  try {
+    cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
+    decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& error) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode ", header->format, ": ", error.what()));
+  }
+  if (decoded.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode ", header->format, " image (corrupt or truncated)"));
+  }
+  if (decoded.depth() == CV_16U) {
+    decoded.convertTo(decoded, CV_8U, 1.0 / 257.0);
+  } else if (decoded.depth() != CV_8U) {
+    cv::normalize(decoded, decoded, 0, 255, cv::NORM_MINMAX, CV_8U);
+  }
+  cv::Mat rgb;
+  switch (decoded.channels()) {
+    case 1: cv::cvtColor(decoded, rgb, cv::COLOR_GRAY2RGB); break;
+    case 3: cv::cvtColor(decoded, rgb, cv::COLOR_BGR2RGB); break;
+    case 4: cv::cvtColor(decoded, rgb, cv::COLOR_BGRA2RGB); break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("images with ", decoded.channels(), " channels are not supported"));
+  }
+  return rgb;
+}
+
+absl::StatusOr<cv::Mat> ReadImageFile(const std::string& path, const ImageLimits& limits) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read image ", path));
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  auto image = DecodeImage(bytes.str(), limits);
+  if (!image.ok()) return absl::Status(image.status().code(), absl::StrCat(path, ": ", image.status().message()));
+  return image;
+}
+
+absl::StatusOr<cv::Mat> ImageFromRawTensor(std::string_view data, const std::vector<int64_t>& shape,
+                                           TensorLayout layout, const ImageLimits& limits) {
+  if (shape.size() != 3) {
+    return absl::InvalidArgumentError(absl::StrCat("raw tensor must have 3 dimensions; has ", shape.size()));
+  }
+  const int64_t channels = layout == TensorLayout::kHWC ? shape[2] : shape[0];
+  const int64_t height = layout == TensorLayout::kHWC ? shape[0] : shape[1];
+  const int64_t width = layout == TensorLayout::kHWC ? shape[1] : shape[2];
+  if (channels != 1 && channels != 3 && channels != 4) {
+    return absl::InvalidArgumentError(absl::StrCat("raw tensor must have 1, 3 or 4 channels; has ", channels));
+  }
+  if (height <= 0 || width <= 0 || height > limits.max_pixels || width > limits.max_pixels ||
+      height * width > limits.max_pixels) {
+    return absl::InvalidArgumentError(absl::StrCat("raw tensor is ", width, "x", height, "; the limit is ",
+                                                   limits.max_pixels, " pixels"));
+  }
+  if (static_cast<int64_t>(data.size()) != height * width * channels) {
+    return absl::InvalidArgumentError(absl::StrCat("raw tensor holds ", data.size(), " bytes; shape needs ",
+                                                   height * width * channels));
+  }
+  const int type = CV_8UC(static_cast<int>(channels));
+  cv::Mat hwc;
+  if (layout == TensorLayout::kHWC) {
+    hwc = cv::Mat(static_cast<int>(height), static_cast<int>(width), type, const_cast<char*>(data.data())).clone();
+  } else {
+    std::vector<cv::Mat> planes;
+    for (int64_t c = 0; c < channels; ++c) {
+      planes.emplace_back(static_cast<int>(height), static_cast<int>(width), CV_8U,
+                          const_cast<char*>(data.data() + c * height * width));
+    }
+    cv::merge(planes, hwc);
+  }
+  cv::Mat rgb;
+  if (channels == 1) {
+    cv::cvtColor(hwc, rgb, cv::COLOR_GRAY2RGB);
+  } else if (channels == 4) {
+    cv::cvtColor(hwc, rgb, cv::COLOR_RGBA2RGB);
+  } else {
+    rgb = hwc;
+  }
+  return rgb;
+}
+
+}  // namespace anoclip::image
