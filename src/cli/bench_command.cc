@@ -1,4 +1,4 @@
-#include "cli/arguments.h"
+#include "common/arguments.h"
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 
@@ -43,13 +43,13 @@ double Median(std::vector<double> values) {
 
 constexpr char kUsage[] =
     "usage: anoclip bench --model DIR [--vocab FILE] [--device cpu|cuda:N] [--threads N]\n"
-    "                     [--runs N (>=3)] [--text-runs N] [--json]\n";
+    "                     [--runs N (>=3)] [--text-runs N] [--parts vision,text,tta] [--json]\n";
 
 }  // namespace
 
 int RunBenchCommand(const std::vector<std::string>& words) {
   auto value_flags = EngineValueFlags();
-  value_flags.insert({"runs", "text-runs"});
+  value_flags.insert({"runs", "text-runs", "parts"});
   auto args = Arguments::Parse(words, value_flags, {"json", "help"});
   if (!args.ok() || args->Flag("help")) {
     if (!args.ok()) std::cerr << "anoclip bench: " << args.status().message() << "\n";
@@ -66,6 +66,8 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   options.runs = static_cast<int>(*runs);
   options.text_runs = static_cast<int>(*text_runs);
   options.json = args->Flag("json");
+  const std::string parts = args->String("parts", "vision,text,tta");
+  auto wants = [&parts](const std::string& part) { return parts.find(part) != std::string::npos; };
   auto detector = DetectorFromArguments(*args);
   if (!detector.ok()) {
     std::cerr << "anoclip bench: " << detector.status().message() << "\n";
@@ -87,6 +89,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   // Vision: plain CLIP and AnoCLIP alternated inside each run, so drift hits both alike.
   std::map<std::string, std::vector<double>> vision;
   for (int64_t batch : {1, 8}) {
+    if (!wants("vision")) break;
     auto images = impl.ToModelInput(torch::randn({batch, 3, size, size}));
     const model::VisionRequest clip{false, true}, anoclip{true, false};
     for (int run = -1; run < options.runs; ++run) {  // run -1 warms up
@@ -98,7 +101,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     }
   }
   for (const char* key : {"vision.clip.b1", "vision.clip.b8", "vision.anoclip.b1", "vision.anoclip.b8"}) {
-    out[key] = Median(vision[key]);
+    if (wants("vision")) out[key] = Median(vision[key]);
   }
 
   // Text: one class's 2N prompts, truncated at the longest prompt versus all positions.
@@ -115,20 +118,23 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   const int64_t prompt_count = static_cast<int64_t>(ids.size()) / config.text.context_length;
   auto tokens = torch::tensor(ids, torch::kLong).view({prompt_count, config.text.context_length}).to(impl.device);
   std::vector<double> class_s, full_s;
-  model->EncodeText(tokens.narrow(0, 0, 8));  // warm-up
-  for (int run = 0; run < options.text_runs; ++run) {
+  if (wants("text")) model->EncodeText(tokens.narrow(0, 0, 8));  // warm-up
+  for (int run = 0; run < options.text_runs && wants("text"); ++run) {
     class_s.push_back(Seconds([&] { model->EncodeText(tokens); sync(); }));
     full_s.push_back(Seconds([&] { model->EncodeText(tokens, /*full_context=*/true); sync(); }));
   }
-  out["text.prompts"] = prompt_count;
-  out["text.class_s"] = Median(class_s);
-  out["text.full_context_s"] = Median(full_s);
+  if (wants("text")) {
+    out["text.prompts"] = prompt_count;
+    out["text.class_s"] = Median(class_s);
+    out["text.full_context_s"] = Median(full_s);
+  }
 
   // TTA alone, on real patch tokens and text features.
   auto text = (*detector)->EncodeText(spec);
   auto adapter = anomaly::TestTimeAdapter::Create(anomaly::TtaOptions{});
   std::map<int64_t, std::vector<double>> tta;
   for (int64_t batch : {1, 8}) {
+    if (!wants("tta")) break;
     auto patches = model->EncodeImage(impl.ToModelInput(torch::randn({batch, 3, size, size})), {true, false})
                        .local_aware_patches.to(torch::kFloat32);
     auto prompt_rows = text->prompts.unsqueeze(0).expand({batch, -1, -1}).contiguous();
@@ -138,16 +144,20 @@ int RunBenchCommand(const std::vector<std::string>& words) {
       if (run >= 0) tta[batch].push_back(s / batch);
     }
   }
-  out["tta.b1"] = Median(tta[1]);
-  out["tta.b8"] = Median(tta[8]);
-
-  const double anoclip_b1 = out["vision.anoclip.b1"];
-  out["ratio.anoclip_over_clip.b1"] = anoclip_b1 / out["vision.clip.b1"].get<double>();
-  out["ratio.anoclip_over_clip.b8"] =
-      out["vision.anoclip.b8"].get<double>() / out["vision.clip.b8"].get<double>();
-  out["ratio.text_full_over_class"] = out["text.full_context_s"].get<double>() / out["text.class_s"].get<double>();
-  out["ratio.anoclip_plus_over_anoclip.b1"] = (anoclip_b1 + out["tta.b1"].get<double>()) / anoclip_b1;
-  out["ratio.tta_8xb8_over_b1"] = 8 * out["tta.b8"].get<double>() / out["tta.b1"].get<double>();
+  if (wants("tta")) {
+    out["tta.b1"] = Median(tta[1]);
+    out["tta.b8"] = Median(tta[8]);
+    out["ratio.tta_8xb8_over_b1"] = 8 * out["tta.b8"].get<double>() / out["tta.b1"].get<double>();
+  }
+  if (wants("vision")) {
+    const double anoclip_b1 = out["vision.anoclip.b1"];
+    out["ratio.anoclip_over_clip.b1"] = anoclip_b1 / out["vision.clip.b1"].get<double>();
+    out["ratio.anoclip_over_clip.b8"] = out["vision.anoclip.b8"].get<double>() / out["vision.clip.b8"].get<double>();
+    if (wants("tta")) out["ratio.anoclip_plus_over_anoclip.b1"] = (anoclip_b1 + out["tta.b1"].get<double>()) / anoclip_b1;
+  }
+  if (wants("text")) {
+    out["ratio.text_full_over_class"] = out["text.full_context_s"].get<double>() / out["text.class_s"].get<double>();
+  }
   out["threads"] = at::get_num_threads();
   out["blas"] = BlasLibraryPath();
   out["device"] = impl.device_name;

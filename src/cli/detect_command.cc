@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "anomaly/calibration.h"
-#include "anomaly/regions.h"
+#include "anomaly/decision.h"
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 #include "common/status_macros.h"
@@ -137,21 +137,14 @@ absl::Status RunDetect(const Arguments& args) {
   cv::Mat heatmap = image::ResizeHeatmap(ToMat(d.anomaly_map), width, height);
   double max_pixel = 0;
   cv::minMaxLoc(heatmap, nullptr, &max_pixel);
-  // Regions and the decision work on the calibrated scale when there is one.
-  cv::Mat decision_map = calibration ? calibration->pixel.CalibrateMap(heatmap) : heatmap;
-  std::optional<double> region_threshold = calibration ? std::optional<double>(0.5) : threshold;
-  std::vector<anomaly::Region> regions;
-  if (region_threshold) {
-    ANOCLIP_ASSIGN_OR_RETURN(regions, anomaly::FindRegions(decision_map, {*region_threshold, min_area, 8}));
-  }
-  std::optional<double> calibrated_image;
-  std::optional<bool> is_anomalous;
-  if (calibration) {
-    calibrated_image = calibration->image.Calibrate(d.image_score);
-    is_anomalous = *calibrated_image >= 0.5 || !regions.empty();
-  } else if (threshold) {
-    is_anomalous = d.image_score > *threshold || !regions.empty();
-  }
+  ANOCLIP_ASSIGN_OR_RETURN(auto decision, anomaly::Decide(d.image_score, heatmap,
+                                                         calibration ? &*calibration : nullptr, threshold,
+                                                         min_area));
+  const auto& regions = decision.regions;
+  const auto& calibrated_image = decision.calibrated_image_score;
+  const auto& is_anomalous = decision.is_anomalous;
+  const auto& region_threshold = decision.threshold;
+  const cv::Mat& decision_map = decision.map;
 
   if (args.Has("out")) {
     const std::string out = args.String("out");

@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "anomaly/detector.h"
-#include "cli/arguments.h"
+#include "common/arguments.h"
 
 namespace anoclip::cli {
 

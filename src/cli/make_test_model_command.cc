@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "cli/arguments.h"
+#include "common/arguments.h"
 #include "cli/commands.h"
 #include "common/status_macros.h"
 #include "io/state_dict.h"

@@ -53,8 +53,16 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
       break;
     }
     auto [q, k, v] = block->attn->Project(y);
-    if (vv.defined()) vv = vv + block->attn->Attend(v, v, v);
-    auto h = z + block->attn->Attend(q, k, v);
+    at::Tensor h;
+    if (vv.defined()) {
+      // Both attentions as one batched call: at batch 1 the per-head matmuls are small, and
+      // stacking them keeps the cores busy.
+      auto both = block->attn->Attend(torch::cat({q, v}), torch::cat({k, v}), torch::cat({v, v}));
+      h = z + both.narrow(0, 0, batch);
+      vv = vv + both.narrow(0, batch, batch);
+    } else {
+      h = z + block->attn->Attend(q, k, v);
+    }
     z = h + block->mlp->forward(block->ln_2->forward(h));
   }
 

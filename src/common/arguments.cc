@@ -1,11 +1,11 @@
-#include "cli/arguments.h"
+#include "common/arguments.h"
 
 #include <cmath>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace anoclip::cli {
+namespace anoclip {
 
 absl::StatusOr<Arguments> Arguments::Parse(const std::vector<std::string>& args,
                                            const std::set<std::string>& value_flags,
@@ -74,4 +74,4 @@ absl::StatusOr<double> Arguments::Double(const std::string& name, double fallbac
   return value;
 }
 
-}  // namespace anoclip::cli
+}  // namespace anoclip

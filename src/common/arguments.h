@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace anoclip::cli {
+namespace anoclip {
 
 class Arguments {
  public:
@@ -34,4 +34,4 @@ class Arguments {
   std::vector<std::string> positional_;
 };
 
-}  // namespace anoclip::cli
+}  // namespace anoclip

@@ -1,0 +1,31 @@
+// The whole anoclip-server: model, text bank, service, health, reflection, metrics endpoint.
+// Start() returns once the gRPC port is bound and the server is SERVING; tests run it
+// in-process, the binary wraps it with signal handling.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/server_config.h"
+
+namespace anoclip::server {
+
+class AnoclipServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<AnoclipServer>> Start(const ServerConfig& config);
+  ~AnoclipServer();
+
+  int grpc_port() const;
+  int metrics_port() const;  // 0 when metrics are off
+
+  // Health NOT_SERVING, new calls refused, accepted ones finished (cancelled after `timeout`).
+  void Drain(absl::Duration timeout);
+
+ private:
+  struct State;
+  explicit AnoclipServer(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace anoclip::server

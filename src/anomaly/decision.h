@@ -1,0 +1,31 @@
+// From scores to a verdict: regions and is_anomalous, on the raw scale with a threshold or on
+// the calibrated scale (decision at 0.5). One rule for the CLI and the service:
+//   regions = connected pixels above the threshold (min-area filtered);
+//   is_anomalous = image score above the threshold, or any region.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <opencv2/core/mat.hpp>
+
+#include "absl/status/statusor.h"
+#include "anomaly/calibration.h"
+#include "anomaly/regions.h"
+
+namespace anoclip::anomaly {
+
+struct Decision {
+  cv::Mat map;                            // the heatmap on the decision's scale (calibrated or raw)
+  std::optional<double> calibrated_image_score;
+  std::optional<double> threshold;        // on `map`'s scale; unset: nothing to decide with
+  std::vector<Region> regions;
+  std::optional<bool> is_anomalous;
+};
+
+// `heatmap`: CV_32F raw pixel scores. Give at most one of `calibration` and `threshold`
+// (validated with ValidateThreshold).
+absl::StatusOr<Decision> Decide(float image_score, const cv::Mat& heatmap, const Calibration* calibration,
+                                std::optional<double> threshold, int64_t min_region_area);
+
+}  // namespace anoclip::anomaly
