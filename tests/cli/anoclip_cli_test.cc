@@ -26,7 +26,7 @@ struct Result {
   std::string errors;  // stderr
 };
 
-Result Run(const std::string& arguments) {
+Result RunAnoclip(const std::string& arguments) {
   static int counter = 0;
   const std::string err_path = ::testing::TempDir() + "/stderr_" + std::to_string(counter++);
   const std::string command = ::anoclip::testing::BinDir() + "/anoclip " + arguments + " 2>" + err_path;
@@ -63,7 +63,7 @@ TEST(AnoclipCliTest, DumpMatchesTheReferenceOnCasesZeroAndOne) {
     SCOPED_TRACE(name);
     const std::string dir = TempDir("dump" + std::to_string(k));
     const std::string golden = ::anoclip::testing::TinyVitDir() + "/golden.safetensors";
-    auto result = Run("detect" + Model() + Vocab() + " --image " + Image(k) + " --class " +
+    auto result = RunAnoclip("detect" + Model() + Vocab() + " --image " + Image(k) + " --class " +
                       Quote(c["class"]) + " --kind " + c["kind"].get<std::string>() + " --dump " + dir +
                       "/dump.safetensors --tta --tta-noise " + golden + ":" + name + "/tta_noise");
     ASSERT_EQ(result.exit_code, 0) << result.errors;
@@ -86,7 +86,7 @@ TEST(AnoclipCliTest, DumpMatchesTheReferenceOnCasesZeroAndOne) {
 TEST(AnoclipCliTest, JsonHasTheKeysInOrderAndImagesAreAtTheInputSize) {
   const auto& c = ::anoclip::testing::GoldenJson()["cases"][2];
   const std::string dir = TempDir("json");
-  auto result = Run("detect" + Model() + Vocab() + " --image " + Image(2) + " --class " + Quote(c["class"]) +
+  auto result = RunAnoclip("detect" + Model() + Vocab() + " --image " + Image(2) + " --class " + Quote(c["class"]) +
                     " --views 22 --threshold 0.5 --json --out " + dir);
   ASSERT_EQ(result.exit_code, 0) << result.errors;
   auto json = nlohmann::ordered_json::parse(result.output);
@@ -111,9 +111,9 @@ TEST(AnoclipCliTest, MakeTestModelThenDetectAndCalibrate) {
   std::ofstream(dir + "/config.json") << R"({"model_cfg": {"embed_dim": 16, "quick_gelu": true,
       "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
       "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}})";
-  auto made = Run("make-test-model --config " + dir + "/config.json --seed 3 --out " + dir + "/model" + Vocab());
+  auto made = RunAnoclip("make-test-model --config " + dir + "/config.json --seed 3 --out " + dir + "/model" + Vocab());
   ASSERT_EQ(made.exit_code, 0) << made.errors;
-  auto detected = Run("detect --model " + dir + "/model --image " + Image(0) + " --class bottle --json");
+  auto detected = RunAnoclip("detect --model " + dir + "/model --image " + Image(0) + " --class bottle --json");
   ASSERT_EQ(detected.exit_code, 0) << detected.errors;
   auto json = nlohmann::json::parse(detected.output);
   EXPECT_GT(json["image_score"].get<double>(), 0.0);
@@ -126,10 +126,10 @@ TEST(AnoclipCliTest, MakeTestModelThenDetectAndCalibrate) {
     cv::Mat image(48, 48, CV_8UC3, cv::Scalar(90 + i * 5, 120, 140));
     cv::imwrite(normal + "/n" + std::to_string(i) + ".png", image);
   }
-  auto calibrated = Run("calibrate --model " + dir + "/model --class bottle --normal-dir " + normal +
+  auto calibrated = RunAnoclip("calibrate --model " + dir + "/model --class bottle --normal-dir " + normal +
                         " --out " + dir + "/bottle.json");
   ASSERT_EQ(calibrated.exit_code, 0) << calibrated.errors;
-  auto with_calibration = Run("detect --model " + dir + "/model --image " + Image(0) +
+  auto with_calibration = RunAnoclip("detect --model " + dir + "/model --image " + Image(0) +
                               " --class bottle --json --calibration " + dir + "/bottle.json");
   ASSERT_EQ(with_calibration.exit_code, 0) << with_calibration.errors;
   auto calibrated_json = nlohmann::json::parse(with_calibration.output);
@@ -137,14 +137,14 @@ TEST(AnoclipCliTest, MakeTestModelThenDetectAndCalibrate) {
   EXPECT_TRUE(calibrated_json.contains("is_anomalous"));
   EXPECT_TRUE(calibrated_json.contains("regions"));
   // A calibration from another class is refused.
-  auto other = Run("detect --model " + dir + "/model --image " + Image(0) + " --class carpet --calibration " +
+  auto other = RunAnoclip("detect --model " + dir + "/model --image " + Image(0) + " --class carpet --calibration " +
                    dir + "/bottle.json");
   EXPECT_EQ(other.exit_code, 1);
   EXPECT_NE(other.errors.find("calibration is for bottle"), std::string::npos) << other.errors;
   // Too few normal images.
   std::filesystem::remove(normal + "/n0.png");
   std::filesystem::remove(normal + "/n1.png");
-  auto few = Run("calibrate --model " + dir + "/model --class bottle --normal-dir " + normal + " --out " + dir + "/x.json");
+  auto few = RunAnoclip("calibrate --model " + dir + "/model --class bottle --normal-dir " + normal + " --out " + dir + "/x.json");
   EXPECT_EQ(few.exit_code, 1);
   EXPECT_NE(few.errors.find("calibration needs 5 to 50"), std::string::npos) << few.errors;
 }
@@ -198,14 +198,14 @@ TEST(AnoclipCliTest, BadInputGetsAClearErrorAndANonZeroExit) {
       {"empty normal dir", "calibrate" + Model() + Vocab() + " --class bottle --normal-dir " + empty_dir + " --out /tmp/x.json", "holds 0 images"},
   };
   for (const auto& [name, arguments, message] : cases) {
-    auto result = Run(arguments);
+    auto result = RunAnoclip(arguments);
     EXPECT_EQ(result.exit_code, 1) << name << ": " << result.errors;
     EXPECT_NE(result.errors.find(message), std::string::npos) << name << ": " << result.errors;
   }
-  auto usage = Run("detect --no-such-flag");
+  auto usage = RunAnoclip("detect --no-such-flag");
   EXPECT_EQ(usage.exit_code, 2);
   EXPECT_NE(usage.errors.find("unknown flag --no-such-flag"), std::string::npos);
-  EXPECT_EQ(Run("frobnicate").exit_code, 2);
+  EXPECT_EQ(RunAnoclip("frobnicate").exit_code, 2);
 }
 
 }  // namespace
