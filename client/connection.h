@@ -1,0 +1,40 @@
+// How the client reaches the service: target (host:port, ipv4:a:p1,a:p2 or dns:///, load
+// balanced round robin), TLS / mutual TLS, bearer token, per-call deadline.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/arguments.h"
+
+namespace anoclip::client {
+
+struct ConnectionOptions {
+  std::string target = "127.0.0.1:50051";
+  std::string ca_cert;      // PEM file: use TLS, trusting this CA
+  std::string client_cert;  // PEM files for mutual TLS
+  std::string client_key;
+  std::string server_name;  // TLS name override
+  std::string token;        // sent as "authorization: Bearer <token>"
+  int deadline_ms = 30000;
+  int connect_timeout_ms = 5000;
+};
+
+// The flags every subcommand takes.
+std::set<std::string> ConnectionFlags();
+absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args);
+
+// `index` distinguishes channels so they do not share one connection.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options, int index = 0);
+
+// Waits for the channel to connect; UNAVAILABLE with the target named when it does not.
+absl::Status WaitConnected(grpc::Channel& channel, const ConnectionOptions& options);
+
+// Deadline and token on a call.
+void PrepareContext(grpc::ClientContext& context, const ConnectionOptions& options);
+
+}  // namespace anoclip::client
