@@ -43,7 +43,7 @@ double Median(std::vector<double> values) {
 
 constexpr char kUsage[] =
     "usage: anoclip bench --model DIR [--vocab FILE] [--device cpu|cuda:N] [--threads N]\n"
-    "                     [--runs N (>=3)] [--text-runs N] [--parts vision,text,tta] [--json]\n";
+    "                     [--runs N (>=3)] [--text-runs N] [--parts vision,text,tta,detect] [--json]\n";
 
 }  // namespace
 
@@ -66,7 +66,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   options.runs = static_cast<int>(*runs);
   options.text_runs = static_cast<int>(*text_runs);
   options.json = args->Flag("json");
-  const std::string parts = args->String("parts", "vision,text,tta");
+  const std::string parts = args->String("parts", "vision,text,tta,detect");
   auto wants = [&parts](const std::string& part) { return parts.find(part) != std::string::npos; };
   auto detector = DetectorFromArguments(*args);
   if (!detector.ok()) {
@@ -131,6 +131,10 @@ int RunBenchCommand(const std::vector<std::string>& words) {
 
   // TTA alone, on real patch tokens and text features.
   auto text = (*detector)->EncodeText(spec);
+  if (!text.ok()) {
+    std::cerr << "anoclip bench: " << text.status().message() << "\n";
+    return 1;
+  }
   auto adapter = anomaly::TestTimeAdapter::Create(anomaly::TtaOptions{});
   std::map<int64_t, std::vector<double>> tta;
   for (int64_t batch : {1, 8}) {
@@ -143,6 +147,24 @@ int RunBenchCommand(const std::vector<std::string>& words) {
       const double s = Seconds([&] { adapter->Adapt(patches, prompt_rows, features); sync(); });
       if (run >= 0) tta[batch].push_back(s / batch);
     }
+  }
+  // The whole engine call the service makes per batch (forward, scores, heatmaps), for
+  // comparing the service's throughput with what one process does offline.
+  std::map<int64_t, std::vector<double>> detect;
+  for (int64_t batch : {1, 8}) {
+    if (!wants("detect")) break;
+    auto images = torch::randn({batch, 3, size, size});
+    auto shared = std::make_shared<const anomaly::TextFeatures>(*text);
+    std::vector<std::shared_ptr<const anomaly::TextFeatures>> texts(batch, shared);
+    for (int run = -1; run < options.runs; ++run) {
+      const double s = Seconds([&] { (void)(*detector)->Detect(images, texts, {anomaly::DetectOptions{}}); sync(); });
+      if (run >= 0) detect[batch].push_back(s / batch);
+    }
+  }
+  if (wants("detect")) {
+    out["detect.b1"] = Median(detect[1]);
+    out["detect.b8"] = Median(detect[8]);
+    out["detect.b8_images_per_s"] = 1.0 / out["detect.b8"].get<double>();
   }
   if (wants("tta")) {
     out["tta.b1"] = Median(tta[1]);
