@@ -1,17 +1,24 @@
 #include "client/commands.h"
 
-#include <algorithm>
+#include <unistd.h>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include <grpcpp/generic/generic_stub.h>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "anoclip/v1/anoclip.grpc.pb.h"
 #include "client/connection.h"
+#include "client/latency_stats.h"
 #include "client/requests.h"
 #include "client/samples.h"
 #include "common/status_macros.h"
@@ -20,36 +27,51 @@ namespace anoclip::client {
 namespace {
 
 using anoclip::v1::AnomalyDetection;
+using Clock = std::chrono::steady_clock;
 
-// Parses flags (connection flags included), runs `body`, and turns its status into an exit code.
+// Marks statuses that carry what the service answered (as opposed to bad flags).
+constexpr char kFromServicePayload[] = "anoclip.client/from-service";
+
+absl::Status FromGrpc(const grpc::Status& status, const std::string& target) {
+  if (status.ok()) return absl::OkStatus();
+  absl::Status converted(static_cast<absl::StatusCode>(status.error_code()),
+                         absl::StrCat(StatusCodeName(status.error_code()), ": ", status.error_message(), " (",
+                                      target, ")"));
+  converted.SetPayload(kFromServicePayload, absl::Cord("1"));
+  return converted;
+}
+
+// Parses flags (connection flags included), runs `body`, and turns its status into an exit
+// code: 0 success, 1 failure, 2 usage error.
 int RunCommand(const char* name, const std::vector<std::string>& words, std::set<std::string> value_flags,
-               std::set<std::string> bool_flags, const char* usage,
+               std::set<std::string> bool_flags, const char* usage, bool takes_positional,
                const std::function<absl::Status(const Arguments&, const ConnectionOptions&)>& body) {
   auto connection_flags = ConnectionFlags();
   value_flags.insert(connection_flags.begin(), connection_flags.end());
   bool_flags.insert("help");
   auto args = Arguments::Parse(words, value_flags, bool_flags);
+  if (args.ok() && !takes_positional && !args->positional().empty()) {
+    args = absl::InvalidArgumentError(absl::StrCat("unexpected argument ", args->positional().front()));
+  }
   if (!args.ok() || args->Flag("help")) {
     if (!args.ok()) std::cerr << "anoclip-client " << name << ": " << args.status().message() << "\n";
-    std::cerr << "usage: anoclip-client " << name << " " << usage
-              << "\n  connection: [--target HOST:PORT|ipv4:A:P1,A:P2|dns:///NAME:PORT] [--ca-cert PEM]"
-                 " [--client-cert PEM --client-key PEM] [--server-name NAME] [--token T|--token-file F]"
-                 " [--deadline-ms N] [--connect-timeout-ms N]\n";
+    std::cerr << "usage: anoclip-client " << name << " " << usage << "\n" << kConnectionUsage;
     return args.ok() ? 0 : 2;
   }
   auto connection = ConnectionFromArguments(*args);
-  absl::Status status = connection.ok() ? body(*args, *connection) : connection.status();
+  if (!connection.ok()) {
+    std::cerr << "anoclip-client " << name << ": " << connection.status().message() << "\n";
+    return 2;
+  }
+  const absl::Status status = body(*args, *connection);
   if (!status.ok()) {
     std::cerr << "anoclip-client " << name << ": " << status.message() << "\n";
-    return 1;
+    // Bad flags found before any call are usage errors; what the service answered is not.
+    const bool usage_error =
+        status.code() == absl::StatusCode::kInvalidArgument && !status.GetPayload(kFromServicePayload).has_value();
+    return usage_error ? 2 : 1;
   }
   return 0;
-}
-
-absl::Status FromGrpc(const grpc::Status& status, const std::string& target) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(status.error_message(), " (", target, ")"));
 }
 
 absl::StatusOr<std::unique_ptr<AnomalyDetection::Stub>> Connect(const ConnectionOptions& options) {
@@ -58,142 +80,192 @@ absl::StatusOr<std::unique_ptr<AnomalyDetection::Stub>> Connect(const Connection
   return AnomalyDetection::NewStub(channel);
 }
 
-anoclip::v1::ClassSpec ClassSpecFromArguments(const Arguments& args) {
+absl::StatusOr<anoclip::v1::ClassSpec> ClassSpecFromArguments(const Arguments& args) {
   anoclip::v1::ClassSpec spec;
-  spec.set_name(args.String("class"));
+  ANOCLIP_ASSIGN_OR_RETURN(const std::string name, args.Required("class"));
+  spec.set_name(name);
   const std::string kind = args.String("kind");
-  spec.set_kind(kind == "texture" ? anoclip::v1::KIND_TEXTURE
-                                  : kind == "object" ? anoclip::v1::KIND_OBJECT : anoclip::v1::KIND_UNSPECIFIED);
+  if (kind == "object") {
+    spec.set_kind(anoclip::v1::KIND_OBJECT);
+  } else if (kind == "texture") {
+    spec.set_kind(anoclip::v1::KIND_TEXTURE);
+  } else if (!kind.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--kind must be object or texture; was ", kind));
+  }
   return spec;
 }
 
-std::vector<std::string> ImagesIn(const std::string& dir) {
-  std::vector<std::string> paths;
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
-    std::string ext = entry.path().extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-    if (entry.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp" ||
-                                    ext == ".tif" || ext == ".tiff")) {
-      paths.push_back(entry.path().string());
-    }
-  }
-  std::sort(paths.begin(), paths.end());
-  return paths;
-}
+std::string KindName(anoclip::v1::Kind kind) { return kind == anoclip::v1::KIND_TEXTURE ? "texture" : "object"; }
 
 std::string Stem(const std::string& path) { return std::filesystem::path(path).stem().string(); }
 
-void PrintHuman(const std::string& image, const anoclip::v1::DetectResponse& r) {
-  std::cout << image << ": image_score " << r.image_score() << "  max_pixel_score " << r.max_pixel_score();
-  if (r.has_calibrated_image_score()) std::cout << "  calibrated " << r.calibrated_image_score();
+std::string HumanLine(const std::string& image, const anoclip::v1::DetectResponse& r) {
+  std::string line = absl::StrFormat("%s: image_score %.4f  max_pixel_score %.4f", image, r.image_score(),
+                                     r.max_pixel_score());
+  if (r.has_calibrated_image_score()) absl::StrAppendFormat(&line, "  calibrated %.3f", r.calibrated_image_score());
   if (r.has_is_anomalous()) {
-    std::cout << "  " << (r.is_anomalous() ? "ANOMALOUS" : "normal") << "  regions " << r.regions_size();
+    absl::StrAppend(&line, "  ", r.is_anomalous() ? "ANOMALOUS" : "normal", "  regions ", r.regions_size());
     for (const auto& region : r.regions()) {
-      std::cout << " [" << region.x() << "," << region.y() << " " << region.width() << "x" << region.height()
-                << " peak " << region.peak() << "]";
+      absl::StrAppendFormat(&line, " [%d,%d %dx%d peak %.3f]", region.x(), region.y(), region.width(),
+                            region.height(), region.peak());
     }
   }
-  std::cout << "  (" << static_cast<int>(r.timings().total_seconds() * 1e3) << " ms)\n";
+  absl::StrAppendFormat(&line, "  (%.1f ms)", r.timings().total_seconds() * 1e3);
+  return line;
+}
+
+// A CSV field, quoted when it has to be.
+std::string CsvField(const std::string& text) {
+  if (text.find_first_of(",\"\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) {
+    if (c == '"') quoted += '"';
+    quoted += c;
+  }
+  return quoted + "\"";
+}
+
+absl::Status WriteText(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  out << text;
+  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+// grpc.health.v1.HealthCheckRequest{service} in protobuf wire format: field 1, length-delimited.
+std::string EncodeHealthRequest(const std::string& service) {
+  if (service.empty()) return "";
+  std::string bytes = "\x0a";
+  for (size_t n = service.size(); ; n >>= 7) {
+    if (n < 0x80) {
+      bytes.push_back(static_cast<char>(n));
+      break;
+    }
+    bytes.push_back(static_cast<char>((n & 0x7f) | 0x80));
+  }
+  return bytes + service;
+}
+
+// HealthCheckResponse.status (field 1, varint); 0 (UNKNOWN) when absent or unreadable.
+int DecodeHealthStatus(const std::string& bytes) {
+  return bytes.size() == 2 && bytes[0] == 0x08 ? static_cast<unsigned char>(bytes[1]) : 0;
 }
 
 }  // namespace
 
 int RunHealth(const std::vector<std::string>& words) {
-  return RunCommand("health", words, {"service"}, {}, "[--service NAME]", [](const Arguments& args, const ConnectionOptions& c) {
-    ANOCLIP_ASSIGN_OR_RETURN(auto channel, MakeChannel(c));
-    ANOCLIP_RETURN_IF_ERROR(WaitConnected(*channel, c));
-    // grpc.health.v1.Health/Check with a hand-encoded HealthCheckRequest{service}.
-    const std::string service = args.String("service");
-    std::string request;
-    if (!service.empty()) request = absl::StrCat("\x0a", std::string(1, static_cast<char>(service.size())), service);
-    grpc::GenericStub stub(channel);
-    grpc::ClientContext context;
-    PrepareContext(context, c);
-    grpc::Slice slice(request);
-    grpc::ByteBuffer request_buffer(&slice, 1), response_buffer;
-    grpc::CompletionQueue queue;
-    auto call = stub.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request_buffer, &queue);
-    call->StartCall();
-    grpc::Status status;
-    call->Finish(&response_buffer, &status, reinterpret_cast<void*>(1));
-    void* tag;
-    bool ok;
-    queue.Next(&tag, &ok);
-    queue.Shutdown();
-    while (queue.Next(&tag, &ok)) {
-    }
-    ANOCLIP_RETURN_IF_ERROR(FromGrpc(status, c.target));
-    std::vector<grpc::Slice> slices;
-    response_buffer.Dump(&slices);
-    std::string bytes;
-    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    const int value = bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
-    const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
-    std::cout << (value >= 0 && value <= 3 ? names[value] : "UNKNOWN") << "\n";
-    return value == 1 ? absl::OkStatus() : absl::UnavailableError("the service is not serving");
-  });
+  return RunCommand(
+      "health", words, {"service"}, {}, "[--service NAME]   (grpc.health.v1 Check; exit 0 only when SERVING)", false,
+      [](const Arguments& args, const ConnectionOptions& c) {
+        ANOCLIP_ASSIGN_OR_RETURN(auto channel, MakeChannel(c));
+        ANOCLIP_RETURN_IF_ERROR(WaitConnected(*channel, c));
+        grpc::GenericStub stub(channel);
+        grpc::ClientContext context;
+        PrepareContext(context, c);
+        grpc::Slice slice(EncodeHealthRequest(args.String("service")));
+        grpc::ByteBuffer request(&slice, 1), response;
+        grpc::CompletionQueue queue;
+        auto call = stub.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &queue);
+        call->StartCall();
+        grpc::Status status;
+        call->Finish(&response, &status, reinterpret_cast<void*>(1));
+        void* tag = nullptr;
+        bool ok = false;
+        queue.Next(&tag, &ok);  // the deadline bounds this wait
+        queue.Shutdown();
+        while (queue.Next(&tag, &ok)) {
+        }
+        ANOCLIP_RETURN_IF_ERROR(FromGrpc(status, c.target));
+        std::vector<grpc::Slice> slices;
+        std::string bytes;
+        if (response.Dump(&slices).ok()) {
+          for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+        }
+        const int value = DecodeHealthStatus(bytes);
+        const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+        std::cout << (value >= 0 && value <= 3 ? names[value] : "UNKNOWN") << "\n";
+        return value == 1 ? absl::OkStatus() : absl::UnavailableError("the service is not serving");
+      });
 }
 
 int RunInfo(const std::vector<std::string>& words) {
-  return RunCommand("info", words, {}, {}, "", [](const Arguments&, const ConnectionOptions& c) {
+  return RunCommand("info", words, {}, {"json"}, "[--json]", false, [](const Arguments& args, const ConnectionOptions& c) {
     ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
     grpc::ClientContext context;
     PrepareContext(context, c);
     anoclip::v1::GetModelInfoResponse info;
     ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->GetModelInfo(&context, {}, &info), c.target));
-    std::cout << "model_id " << info.model_id() << "\narchitecture " << info.architecture() << "\nimage_size "
-              << info.image_size() << "\nembed_dim " << info.embed_dim() << "\ndevice " << info.device()
-              << "\nmax_batch " << info.max_batch() << "\nversion " << info.version() << "\n";
+    nlohmann::ordered_json json{{"model_id", info.model_id()},   {"architecture", info.architecture()},
+                                {"image_size", info.image_size()}, {"embed_dim", info.embed_dim()},
+                                {"device", info.device()},       {"dtype", info.dtype()},
+                                {"max_batch", info.max_batch()}, {"version", info.version()}};
+    if (args.Flag("json")) {
+      std::cout << json.dump(2) << "\n";
+    } else {
+      for (const auto& [key, value] : json.items()) {
+        std::cout << absl::StrFormat("%-13s", key) << (value.is_string() ? value.get<std::string>() : value.dump())
+                  << "\n";
+      }
+    }
     return absl::OkStatus();
   });
 }
 
 int RunClasses(const std::vector<std::string>& words) {
-  return RunCommand("classes", words, {}, {}, "", [](const Arguments&, const ConnectionOptions& c) {
+  return RunCommand("classes", words, {}, {"json"}, "[--json]", false, [](const Arguments& args, const ConnectionOptions& c) {
     ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
     grpc::ClientContext context;
     PrepareContext(context, c);
     anoclip::v1::ListClassesResponse list;
     ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->ListClasses(&context, {}, &list), c.target));
+    nlohmann::ordered_json json = nlohmann::ordered_json::array();
     for (const auto& entry : list.classes()) {
-      std::cout << entry.name() << "\t" << (entry.kind() == anoclip::v1::KIND_TEXTURE ? "texture" : "object")
-                << "\thits " << entry.hits() << "\n";
+      json.push_back({{"name", entry.name()}, {"kind", KindName(entry.kind())}, {"key", entry.key()},
+                      {"hits", entry.hits()}});
+    }
+    if (args.Flag("json")) {
+      std::cout << json.dump(2) << "\n";
+      return absl::OkStatus();
+    }
+    if (list.classes().empty()) std::cout << "(no classes prepared)\n";
+    for (const auto& entry : list.classes()) {
+      std::cout << absl::StrFormat("%-20s %-8s hits %d\n", entry.name(), KindName(entry.kind()), entry.hits());
     }
     return absl::OkStatus();
   });
 }
 
 int RunPrepare(const std::vector<std::string>& words) {
-  return RunCommand("prepare", words, {"class", "kind"}, {}, "--class NAME [--kind object|texture]",
+  return RunCommand("prepare", words, {"class", "kind"}, {}, "--class NAME [--kind object|texture]", false,
                     [](const Arguments& args, const ConnectionOptions& c) {
-                      ANOCLIP_RETURN_IF_ERROR(args.Required("class").status());
+                      anoclip::v1::PrepareClassRequest request;
+                      ANOCLIP_ASSIGN_OR_RETURN(*request.mutable_class_spec(), ClassSpecFromArguments(args));
                       ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
                       grpc::ClientContext context;
                       PrepareContext(context, c);
-                      anoclip::v1::PrepareClassRequest request;
-                      *request.mutable_class_spec() = ClassSpecFromArguments(args);
                       anoclip::v1::PrepareClassResponse response;
                       ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->PrepareClass(&context, request, &response), c.target));
-                      std::cout << "prepared " << args.String("class") << ": "
-                                << (response.cached() ? "cached" : "built") << ", " << response.prompts_per_state()
-                                << " prompts per state, " << response.build_seconds() << " s\n";
+                      std::cout << absl::StrFormat("prepared %s: %s, %d prompts per state, %.3f s\n",
+                                                   request.class_spec().name(),
+                                                   response.cached() ? "cached" : "built",
+                                                   response.prompts_per_state(), response.build_seconds());
                       return absl::OkStatus();
                     });
 }
 
 int RunEvict(const std::vector<std::string>& words) {
-  return RunCommand("evict", words, {"class", "kind"}, {}, "--class NAME [--kind object|texture]",
+  return RunCommand("evict", words, {"class", "kind"}, {}, "--class NAME [--kind object|texture]", false,
                     [](const Arguments& args, const ConnectionOptions& c) {
-                      ANOCLIP_RETURN_IF_ERROR(args.Required("class").status());
+                      anoclip::v1::EvictClassRequest request;
+                      ANOCLIP_ASSIGN_OR_RETURN(*request.mutable_class_spec(), ClassSpecFromArguments(args));
                       ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
                       grpc::ClientContext context;
                       PrepareContext(context, c);
-                      anoclip::v1::EvictClassRequest request;
-                      *request.mutable_class_spec() = ClassSpecFromArguments(args);
                       anoclip::v1::EvictClassResponse response;
                       ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->EvictClass(&context, request, &response), c.target));
-                      std::cout << (response.evicted() ? "evicted " : "not cached: ") << args.String("class") << "\n";
+                      std::cout << (response.evicted() ? "evicted " : "not cached: ") << request.class_spec().name()
+                                << "\n";
                       return absl::OkStatus();
                     });
 }
@@ -205,30 +277,43 @@ int RunDetect(const std::vector<std::string>& words) {
   bool_flags.insert("json");
   return RunCommand(
       "detect", words, value_flags, bool_flags,
-      "IMAGE... --class NAME [--kind K] [--tta] [--views 1|22] [--threshold X|--use-calibration] [--out DIR] [--json]",
-      [](const Arguments& args, const ConnectionOptions& c) {
+      "IMAGE... --class NAME [--kind object|texture] [--tta [--seed N]] [--views 1|22]\n"
+      "         [--threshold X | --use-calibration] [--min-region-area N] [--out DIR] [--json]\n"
+      "  --json prints one object per image and line, with the keys of `anoclip detect --json`;\n"
+      "  --out writes NAME_heatmap.png, NAME_overlay.png and (with a decision) NAME_mask.png.",
+      true, [](const Arguments& args, const ConnectionOptions& c) {
         if (args.positional().empty()) return absl::InvalidArgumentError("give at least one image");
         const bool out = args.Has("out");
         ANOCLIP_ASSIGN_OR_RETURN(auto request, RequestTemplate(args, out));
         ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
+        absl::Status first_error;
         for (const auto& path : args.positional()) {
-          ANOCLIP_ASSIGN_OR_RETURN(auto bytes, ReadImageBytes(path));
-          request.set_image_bytes(bytes);
-          request.set_request_id(path);
-          grpc::ClientContext context;
-          PrepareContext(context, c);
-          anoclip::v1::DetectResponse response;
-          ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->Detect(&context, request, &response), c.target));
-          if (args.Flag("json")) {
-            auto json = ResponseToJson(response);
-            json["image"] = path;
-            std::cout << json.dump() << std::endl;  // one object per line
-          } else {
-            PrintHuman(path, response);
+          absl::Status status = [&]() -> absl::Status {
+            ANOCLIP_ASSIGN_OR_RETURN(auto bytes, ReadImageBytes(path));
+            request.set_image_bytes(bytes);
+            request.set_request_id(path);
+            grpc::ClientContext context;
+            PrepareContext(context, c);
+            anoclip::v1::DetectResponse response;
+            ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->Detect(&context, request, &response), c.target));
+            if (args.Flag("json")) {
+              auto json = ResponseToJson(response);
+              json["image"] = path;
+              std::cout << json.dump() << std::endl;
+            } else {
+              std::cout << HumanLine(path, response) << std::endl;
+            }
+            if (out) ANOCLIP_RETURN_IF_ERROR(WriteResponseImages(response, bytes, args.String("out"), Stem(path)));
+            return absl::OkStatus();
+          }();
+          if (!status.ok()) {
+            // The other images still go; the exit code reports the first failure.
+            std::cerr << "anoclip-client detect: " << path << ": " << status.message() << "\n";
+            if (first_error.ok()) first_error = absl::UnknownError("some images failed");
+            if (status.code() == absl::StatusCode::kUnavailable) return status;  // the server went away
           }
-          if (out) ANOCLIP_RETURN_IF_ERROR(WriteResponseImages(response, bytes, args.String("out"), Stem(path)));
         }
-        return absl::OkStatus();
+        return first_error;
       });
 }
 
@@ -237,115 +322,160 @@ int RunInspect(const std::vector<std::string>& words) {
   value_flags.insert({"out", "max-in-flight", "csv", "json"});
   return RunCommand(
       "inspect", words, value_flags, DetectBoolFlags(),
-      "DIR --class NAME [--kind K] [--max-in-flight N] [--out DIR] [--csv FILE] [--json FILE] [...detect options]",
-      [](const Arguments& args, const ConnectionOptions& c) {
+      "DIR --class NAME [--kind object|texture] [--max-in-flight N] [--out DIR] [--csv FILE] [--json FILE]\n"
+      "         [--tta] [--views 1|22] [--threshold X | --use-calibration] [--min-region-area N]\n"
+      "  Sends every image of DIR over one Inspect stream with at most --max-in-flight (default 8)\n"
+      "  unanswered, prints each result as it arrives and a summary; --out also writes the images\n"
+      "  and DIR/summary.csv + summary.json.",
+      true, [](const Arguments& args, const ConnectionOptions& c) {
         if (args.positional().size() != 1) return absl::InvalidArgumentError("give one folder of images");
-        const auto paths = ImagesIn(args.positional()[0]);
+        ANOCLIP_ASSIGN_OR_RETURN(const auto paths, ImagesIn(args.positional()[0]));
         if (paths.empty()) return absl::NotFoundError(absl::StrCat("no images in ", args.positional()[0]));
-        ANOCLIP_ASSIGN_OR_RETURN(int64_t max_in_flight, args.Int("max-in-flight", 16, 1, 1024));
+        ANOCLIP_ASSIGN_OR_RETURN(int64_t max_in_flight, args.Int("max-in-flight", 8, 1, 1024));
         const bool out = args.Has("out");
+        const std::string out_dir = args.String("out");
         ANOCLIP_ASSIGN_OR_RETURN(auto request, RequestTemplate(args, out));
         ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
         grpc::ClientContext context;
-        // The stream's deadline covers the whole folder.
+        // One deadline per image: the stream as a whole gets the sum.
         context.set_deadline(std::chrono::system_clock::now() +
-                             std::chrono::milliseconds(static_cast<int64_t>(c.deadline_ms) * (1 + paths.size() / 8)));
+                             std::chrono::milliseconds(static_cast<int64_t>(c.deadline_ms) *
+                                                       static_cast<int64_t>(1 + paths.size())));
         if (!c.token.empty()) context.AddMetadata("authorization", "Bearer " + c.token);
         auto stream = stub->Inspect(&context);
+        const auto start = Clock::now();
 
         absl::Mutex mutex;
         int64_t in_flight = 0;
-        std::map<std::string, std::string> bytes_by_id;
+        bool reading_done = false;
+        std::map<std::string, std::string> bytes_by_id;  // for --out images
+        std::vector<std::string> unreadable;             // answered locally
         std::thread writer([&] {
-          for (size_t i = 0; i < paths.size(); ++i) {
-            auto bytes = ReadImageBytes(paths[i]);
+          for (const auto& path : paths) {
+            auto bytes = ReadImageBytes(path);
             {
               absl::MutexLock lock(&mutex);
-              auto has_room = [&] { return in_flight < max_in_flight; };
+              if (!bytes.ok()) {
+                unreadable.push_back(path);
+                continue;
+              }
+              auto has_room = [&] { return in_flight < max_in_flight || reading_done; };
               mutex.Await(absl::Condition(&has_room));
+              if (reading_done) break;  // the stream is gone
               ++in_flight;
-              if (out) bytes_by_id[paths[i]] = bytes.ok() ? *bytes : "";
+              if (out) bytes_by_id[path] = *bytes;
             }
-            request.set_request_id(paths[i]);
-            request.set_image_bytes(bytes.ok() ? *bytes : "");
+            request.set_request_id(path);
+            request.set_image_bytes(*std::move(bytes));
             if (!stream->Write(request)) break;
           }
           stream->WritesDone();
         });
+
         nlohmann::ordered_json results = nlohmann::ordered_json::array();
-        std::ofstream csv;
-        if (args.Has("csv")) {
-          csv.open(args.String("csv"));
-          csv << "image,image_score,max_pixel_score,is_anomalous,regions,total_ms,error\n";
-        }
-        anoclip::v1::DetectResponse response;
-        size_t done = 0, failed = 0;
+        std::string csv = "image,image_score,max_pixel_score,calibrated_image_score,is_anomalous,regions,total_ms,error\n";
+        const bool bar = isatty(STDERR_FILENO) != 0;
+        size_t answered = 0, failed = 0, anomalous = 0;
         absl::Status first_error;
+        anoclip::v1::DetectResponse response;
         while (stream->Read(&response)) {
           {
             absl::MutexLock lock(&mutex);
             --in_flight;
           }
-          ++done;
-          const std::string& id = response.request_id();
+          ++answered;
+          const std::string id = response.request_id();
+          nlohmann::ordered_json json;
           if (response.error_code() != 0) {
             ++failed;
-            std::cout << id << ": error " << response.error_message() << "\n";
+            std::cout << id << ": " << StatusCodeName(response.error_code()) << ": " << response.error_message() << "\n";
+            json = {{"error", StatusCodeName(response.error_code())}, {"message", response.error_message()}};
           } else {
-            PrintHuman(id, response);
+            if (response.has_is_anomalous() && response.is_anomalous()) ++anomalous;
+            std::cout << HumanLine(id, response) << "\n";
+            json = ResponseToJson(response);
             if (out) {
               std::string bytes;
               {
                 absl::MutexLock lock(&mutex);
-                bytes = std::move(bytes_by_id[id]);
-                bytes_by_id.erase(id);
+                auto it = bytes_by_id.find(id);
+                if (it != bytes_by_id.end()) {
+                  bytes = std::move(it->second);
+                  bytes_by_id.erase(it);
+                }
               }
-              auto written = WriteResponseImages(response, bytes, args.String("out"), Stem(id));
+              auto written = WriteResponseImages(response, bytes, out_dir, Stem(id));
               if (!written.ok() && first_error.ok()) first_error = written;
             }
           }
-          auto json = response.error_code() != 0 ? nlohmann::ordered_json{{"error", response.error_message()}}
-                                                 : ResponseToJson(response);
           json["image"] = id;
           results.push_back(json);
-          if (csv.is_open()) {
-            csv << id << "," << response.image_score() << "," << response.max_pixel_score() << ","
-                << (response.has_is_anomalous() ? (response.is_anomalous() ? "true" : "false") : "") << ","
-                << response.regions_size() << "," << response.timings().total_seconds() * 1e3 << ","
-                << response.error_message() << "\n";
+          const bool ok = response.error_code() == 0;
+          csv += absl::StrCat(
+              CsvField(id), ",", ok ? absl::StrFormat("%.6f", response.image_score()) : "", ",",
+              ok ? absl::StrFormat("%.6f", response.max_pixel_score()) : "", ",",
+              response.has_calibrated_image_score() ? absl::StrFormat("%.6f", response.calibrated_image_score()) : "",
+              ",", response.has_is_anomalous() ? (response.is_anomalous() ? "true" : "false") : "", ",",
+              ok ? absl::StrCat(response.regions_size()) : "", ",",
+              ok ? absl::StrFormat("%.2f", response.timings().total_seconds() * 1e3) : "", ",",
+              CsvField(ok ? "" : StatusCodeName(response.error_code()) + ": " + response.error_message()), "\n");
+          if (bar) {
+            const int width = 30, filled = static_cast<int>(width * answered / paths.size());
+            std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << answered
+                      << "/" << paths.size() << std::flush;
           }
-          // Progress on stderr, so stdout stays machine-readable.
-          const int width = 30, filled = static_cast<int>(width * done / paths.size());
-          std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << done << "/"
-                    << paths.size() << std::flush;
+          std::cout << std::flush;
         }
-        std::cerr << "\n";
+        {
+          absl::MutexLock lock(&mutex);
+          reading_done = true;
+        }
         writer.join();
-        ANOCLIP_RETURN_IF_ERROR(FromGrpc(stream->Finish(), c.target));
-        if (args.Has("json")) std::ofstream(args.String("json")) << results.dump(2) << "\n";
-        std::cout << "inspected " << done << " images, " << failed << " failed\n";
-        if (done != paths.size()) return absl::DataLossError(absl::StrCat("only ", done, " of ", paths.size(), " answered"));
+        if (bar) std::cerr << "\n";
+        const grpc::Status finish = stream->Finish();
+        const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        for (const auto& path : unreadable) {
+          ++failed;
+          std::cout << path << ": cannot read\n";
+          results.push_back({{"error", "NOT_FOUND"}, {"message", "cannot read"}, {"image", path}});
+          csv += absl::StrCat(CsvField(path), ",,,,,,,cannot read\n");
+        }
+        if (out && !args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteText(out_dir + "/summary.csv", csv));
+        if (out && !args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteText(out_dir + "/summary.json", results.dump(2) + "\n"));
+        if (args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteText(args.String("csv"), csv));
+        if (args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteText(args.String("json"), results.dump(2) + "\n"));
+        std::cout << absl::StrFormat("inspected %d of %d images in %.2f s (%.1f images/s): %d anomalous, %d failed\n",
+                                     answered, paths.size(), seconds, seconds > 0 ? answered / seconds : 0.0,
+                                     anomalous, failed);
+        ANOCLIP_RETURN_IF_ERROR(FromGrpc(finish, c.target));
+        if (answered + unreadable.size() != paths.size()) {
+          return absl::DataLossError(absl::StrCat("only ", answered, " of ", paths.size(), " images were answered"));
+        }
+        if (failed > 0) return absl::UnknownError(absl::StrCat(failed, " images failed"));
         return first_error;
       });
 }
 
 int RunMakeSamples(const std::vector<std::string>& words) {
-  auto args = Arguments::Parse(words, {"out", "size"}, {});
-  if (!args.ok() || !args->Has("out")) {
-    std::cerr << "usage: anoclip-client make-samples --out DIR [--size N]\n";
-    return 2;
+  auto args = Arguments::Parse(words, {"out", "size"}, {"help"});
+  if (!args.ok() || args->Flag("help") || !args->Has("out") || !args->positional().empty()) {
+    if (!args.ok()) std::cerr << "anoclip-client make-samples: " << args.status().message() << "\n";
+    std::cerr << "usage: anoclip-client make-samples --out DIR [--size N]\n"
+                 "  Writes a few generated part images, good ones and ones with drawn defects, as PNG.\n";
+    return args.ok() && args->Flag("help") ? 0 : 2;
   }
-  auto size = args->Int("size", 320, 32, 4096);
+  auto size = args->Int("size", 320, 64, 4096);
   if (!size.ok()) {
     std::cerr << "anoclip-client make-samples: " << size.status().message() << "\n";
     return 2;
   }
-  auto status = WriteSamples(args->String("out"), GenerateSamples(static_cast<int>(*size)));
+  const auto samples = GenerateSamples(static_cast<int>(*size));
+  auto status = WriteSamples(args->String("out"), samples);
   if (!status.ok()) {
     std::cerr << "anoclip-client make-samples: " << status.message() << "\n";
     return 1;
   }
-  std::cout << "wrote samples to " << args->String("out") << "\n";
+  for (const auto& sample : samples) std::cout << args->String("out") << "/" << sample.name << ".png\n";
   return 0;
 }
 

@@ -25,6 +25,11 @@ std::set<std::string> ConnectionFlags() {
           "connect-timeout-ms"};
 }
 
+const char kConnectionUsage[] =
+    "  connection: [--target HOST:PORT | ipv4:A:P1,A:P2 | dns:///NAME:PORT] (default 127.0.0.1:50051)\n"
+    "              [--ca-cert PEM [--client-cert PEM --client-key PEM] [--server-name NAME]]\n"
+    "              [--token T | --token-file FILE] [--deadline-ms N] [--connect-timeout-ms N]\n";
+
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args) {
   ConnectionOptions options;
   options.target = args.String("target", options.target);
@@ -33,9 +38,13 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
   options.client_key = args.String("client-key");
   options.server_name = args.String("server-name");
   options.token = args.String("token");
+  if (args.Has("token") && args.Has("token-file")) {
+    return absl::InvalidArgumentError("give --token or --token-file, not both");
+  }
   if (args.Has("token-file")) {
     ANOCLIP_ASSIGN_OR_RETURN(auto token, ReadFile(args.String("token-file")));
     options.token = std::string(absl::StripAsciiWhitespace(token));
+    if (options.token.empty()) return absl::InvalidArgumentError(absl::StrCat(args.String("token-file"), " is empty"));
   }
   ANOCLIP_ASSIGN_OR_RETURN(int64_t deadline, args.Int("deadline-ms", 30000, 1, 3600000));
   ANOCLIP_ASSIGN_OR_RETURN(int64_t connect, args.Int("connect-timeout-ms", 5000, 1, 600000));
@@ -47,6 +56,10 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
   if (!options.client_cert.empty() && options.ca_cert.empty()) {
     return absl::InvalidArgumentError("mutual TLS needs --ca-cert too");
   }
+  if (!options.server_name.empty() && options.ca_cert.empty()) {
+    return absl::InvalidArgumentError("--server-name is for TLS; give --ca-cert too");
+  }
+  if (options.target.empty()) return absl::InvalidArgumentError("--target is empty");
   return options;
 }
 
@@ -72,9 +85,19 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptio
 
 absl::Status WaitConnected(grpc::Channel& channel, const ConnectionOptions& options) {
   const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms);
-  if (!channel.WaitForConnected(deadline)) {
-    return absl::UnavailableError(absl::StrCat("cannot reach ", options.target, " within ",
-                                               options.connect_timeout_ms, " ms"));
+  grpc_connectivity_state state = channel.GetState(/*try_to_connect=*/true);
+  while (state != GRPC_CHANNEL_READY) {
+    // A refused connection or a name that does not resolve: nothing to wait for. (With several
+    // addresses the channel reports this only when every one of them failed.)
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) {
+      return absl::UnavailableError(absl::StrCat("cannot connect to ", options.target,
+                                                 " (nothing answers there, or the name does not resolve)"));
+    }
+    if (!channel.WaitForStateChange(state, deadline)) {
+      return absl::UnavailableError(absl::StrCat("cannot reach ", options.target, " within ",
+                                                 options.connect_timeout_ms, " ms"));
+    }
+    state = channel.GetState(/*try_to_connect=*/true);
   }
   return absl::OkStatus();
 }

@@ -1,5 +1,6 @@
-// How the client reaches the service: target (host:port, ipv4:a:p1,a:p2 or dns:///, load
-// balanced round robin), TLS / mutual TLS, bearer token, per-call deadline.
+// How the client reaches the service: target (host:port, ipv4:a:p1,a:p2 or dns:///name:port,
+// load balanced round robin over the addresses), TLS / mutual TLS, bearer token, per-call
+// deadline, and a bounded wait for the first connection so a dead target fails fast.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -19,13 +20,14 @@ struct ConnectionOptions {
   std::string client_cert;  // PEM files for mutual TLS
   std::string client_key;
   std::string server_name;  // TLS name override
-  std::string token;        // sent as "authorization: Bearer <token>"
-  int deadline_ms = 30000;
+  std::string token;        // sent as "authorization: Bearer <token>" on every call
+  int deadline_ms = 30000;  // per call
   int connect_timeout_ms = 5000;
 };
 
-// The flags every subcommand takes.
+// The flags every subcommand takes, and their usage lines.
 std::set<std::string> ConnectionFlags();
+extern const char kConnectionUsage[];
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args);
 
 // `index` distinguishes channels so they do not share one connection.

@@ -1,190 +1,239 @@
 #include "client/loadtest.h"
 
 #include <atomic>
+#include <chrono>
+#include <cmath>
+#include <limits>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/numbers.h"
 #include "anoclip/v1/anoclip.grpc.pb.h"
-#include "client/prometheus_text.h"
 #include "common/status_macros.h"
 
 namespace anoclip::client {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using Stub = anoclip::v1::AnomalyDetection::Stub;
 
-const char* CodeName(int code) {
-  static const char* names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                "UNAUTHENTICATED"};
-  return code >= 0 && code <= 16 ? names[code] : "UNKNOWN";
-}
+constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
 
-// What all workers record into.
-struct Recorder {
-  absl::Mutex mutex;
-  std::vector<double> latencies ABSL_GUARDED_BY(mutex);
-  std::map<std::string, int64_t> codes ABSL_GUARDED_BY(mutex);
-  std::map<std::string, int64_t> errors ABSL_GUARDED_BY(mutex);
-  int64_t requests ABSL_GUARDED_BY(mutex) = 0;
-  bool recording ABSL_GUARDED_BY(mutex) = false;
+struct Phase {
+  absl::Duration duration;
+  int64_t limit = kUnbounded;         // requests
+  int64_t first_index = 0;            // of the whole run, for the mix and the TTA share
+  LoadRecorder* recorder = nullptr;   // null: warm-up, not recorded
+};
 
-  void Record(int code, const std::string& message, double seconds) {
-    absl::MutexLock lock(&mutex);
-    if (!recording) return;
-    ++requests;
-    ++codes[CodeName(code)];
-    if (code == 0) {
-      latencies.push_back(seconds);
-    } else if (errors.size() < 20 || errors.count(message) > 0) {
-      ++errors[message];
+// One worker's Inspect stream, opened on first use.
+class WorkerStream {
+ public:
+  WorkerStream(Stub& stub, const ConnectionOptions& connection, absl::Duration phase)
+      : stub_(stub), connection_(connection), phase_(phase) {}
+  ~WorkerStream() {
+    if (stream_ != nullptr && !broken_) {
+      stream_->WritesDone();
+      stream_->Finish();
     }
   }
+
+  // One request over the stream; code and message of the answer.
+  std::pair<int, std::string> Send(const anoclip::v1::DetectRequest& request) {
+    if (stream_ == nullptr) {
+      // The stream lives for the whole phase; each answer is still bounded by the deadline
+      // counted from the end of the phase.
+      context_.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(phase_) +
+                            std::chrono::milliseconds(connection_.deadline_ms));
+      if (!connection_.token.empty()) context_.AddMetadata("authorization", "Bearer " + connection_.token);
+      stream_ = stub_.Inspect(&context_);
+    }
+    anoclip::v1::DetectResponse response;
+    if (!stream_->Write(request) || !stream_->Read(&response)) {
+      broken_ = true;
+      const grpc::Status status = stream_->Finish();
+      if (status.ok()) return {static_cast<int>(grpc::StatusCode::UNAVAILABLE), "the stream ended early"};
+      return {static_cast<int>(status.error_code()), status.error_message()};
+    }
+    return {response.error_code(), response.error_message()};
+  }
+  bool broken() const { return broken_; }
+
+ private:
+  Stub& stub_;
+  const ConnectionOptions& connection_;
+  absl::Duration phase_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<anoclip::v1::DetectRequest, anoclip::v1::DetectResponse>> stream_;
+  bool broken_ = false;
 };
+
+struct PhaseOutcome {
+  double seconds = 0;  // wall time
+  int64_t sent = 0;
+};
+
+// Runs one phase to its end.
+PhaseOutcome RunPhase(const std::vector<std::unique_ptr<Stub>>& stubs, const ConnectionOptions& connection,
+                const LoadOptions& options, const std::vector<anoclip::v1::DetectRequest>& requests,
+                const Phase& phase) {
+  const auto start = Clock::now();
+  const auto end = start + absl::ToChronoNanoseconds(phase.duration);
+  std::vector<double> arrivals;
+  if (options.rps > 0) {
+    // Constant arrivals due before the end; Poisson ones get headroom and stop at the end.
+    const double expected = absl::ToDoubleSeconds(phase.duration) * options.rps;
+    const double count = std::ceil(options.poisson ? expected * 1.5 + 10 : expected);
+    arrivals = ArrivalOffsets(options.rps, std::min<int64_t>(phase.limit, static_cast<int64_t>(count)),
+                              options.poisson, options.seed + static_cast<uint64_t>(phase.first_index));
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> sent{0};
+
+  auto worker = [&](int w) {
+    Stub& stub = *stubs[static_cast<size_t>(w) % stubs.size()];
+    WorkerStream stream(stub, connection, phase.duration);
+    while (true) {
+      const int64_t index = next.fetch_add(1);
+      if (index >= phase.limit) break;
+      Clock::time_point due = Clock::now();
+      if (options.rps > 0) {
+        if (index >= static_cast<int64_t>(arrivals.size())) break;
+        due = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(arrivals[index]));
+        if (due >= end) break;
+        std::this_thread::sleep_until(due);
+      } else if (due >= end) {
+        break;
+      }
+      const int64_t global = phase.first_index + index;
+      anoclip::v1::DetectRequest request = requests[static_cast<size_t>(global) % requests.size()];
+      request.set_request_id(std::to_string(global));
+      if (TtaSelected(global, options.tta_share)) request.mutable_options()->set_tta(true);
+
+      sent.fetch_add(1);
+      std::pair<int, std::string> answer;
+      if (options.stream) {
+        answer = stream.Send(request);
+      } else {
+        grpc::ClientContext context;
+        PrepareContext(context, connection);
+        anoclip::v1::DetectResponse response;
+        const grpc::Status status = stub.Detect(&context, request, &response);
+        answer = {static_cast<int>(status.error_code()), status.error_message()};
+      }
+      if (phase.recorder != nullptr) {
+        phase.recorder->Record(answer.first, answer.second,
+                               std::chrono::duration<double>(Clock::now() - due).count());
+      }
+      if (stream.broken()) break;  // this worker's stream is gone; the others go on
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<size_t>(options.concurrency));
+  for (int w = 0; w < options.concurrency; ++w) workers.emplace_back(worker, w);
+  for (auto& t : workers) t.join();
+  return {std::chrono::duration<double>(Clock::now() - start).count(), sent.load()};
+}
 
 }  // namespace
 
 std::vector<double> ArrivalOffsets(double rate, int64_t count, bool poisson, uint64_t seed) {
   std::vector<double> offsets;
-  offsets.reserve(count);
+  if (!(rate > 0) || count <= 0) return offsets;
+  offsets.reserve(static_cast<size_t>(count));
   std::mt19937_64 rng(seed);
   std::exponential_distribution<double> gap(rate);
   double t = 0;
   for (int64_t i = 0; i < count; ++i) {
-    offsets.push_back(t);
-    t += poisson ? gap(rng) : 1.0 / rate;
+    // Constant gaps are computed, not summed, so they do not drift.
+    offsets.push_back(poisson ? t : static_cast<double>(i) / rate);
+    if (poisson) t += gap(rng);
   }
   return offsets;
 }
 
+bool TtaSelected(int64_t index, double share) {
+  if (!(share > 0)) return false;
+  if (share >= 1) return true;
+  const double i = static_cast<double>(index);
+  return std::floor((i + 1) * share) > std::floor(i * share);
+}
+
+absl::StatusOr<std::vector<int>> ParseConcurrencyRange(const std::string& text) {
+  const std::vector<std::string> parts = absl::StrSplit(text, ':');
+  int a = 0, b = 0, step = 1;
+  if (parts.size() < 2 || parts.size() > 3 || !absl::SimpleAtoi(parts[0], &a) || !absl::SimpleAtoi(parts[1], &b) ||
+      (parts.size() == 3 && !absl::SimpleAtoi(parts[2], &step)) || a < 1 || b < a || b > 1024 || step < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--concurrency-range must be A:B[:STEP] with 1 <= A <= B <= 1024 and STEP >= 1; was ", text));
+  }
+  std::vector<int> steps;
+  for (int c = a; c <= b; c += step) steps.push_back(c);
+  return steps;
+}
+
+absl::StatusOr<std::vector<anoclip::v1::ClassSpec>> ParseClassMix(const std::string& text) {
+  std::vector<anoclip::v1::ClassSpec> classes;
+  for (absl::string_view entry : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    const std::vector<std::string> parts = absl::StrSplit(entry, ':');
+    if (parts.size() > 2 || parts[0].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("a class is NAME or NAME:object|texture; got '", entry, "'"));
+    }
+    anoclip::v1::ClassSpec spec;
+    spec.set_name(parts[0]);
+    if (parts.size() == 2) {
+      if (parts[1] == "object") {
+        spec.set_kind(anoclip::v1::KIND_OBJECT);
+      } else if (parts[1] == "texture") {
+        spec.set_kind(anoclip::v1::KIND_TEXTURE);
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("class kind must be object or texture; got '", entry, "'"));
+      }
+    }
+    classes.push_back(std::move(spec));
+  }
+  if (classes.empty()) return absl::InvalidArgumentError("--classes names no class");
+  return classes;
+}
+
 absl::StatusOr<LoadResult> RunLoad(const ConnectionOptions& connection, const LoadOptions& options,
-                                   const std::vector<anoclip::v1::DetectRequest>& requests) {
+                                   const std::vector<anoclip::v1::DetectRequest>& requests,
+                                   const std::function<absl::Status()>& on_measure_start) {
   if (requests.empty()) return absl::InvalidArgumentError("no requests to send");
   if (options.concurrency < 1 || options.connections < 1) {
-    return absl::InvalidArgumentError("concurrency and connections must be positive");
+    return absl::InvalidArgumentError("concurrency and connections must be at least 1");
   }
   if (options.duration <= absl::ZeroDuration()) return absl::InvalidArgumentError("the duration must be positive");
-  std::vector<std::unique_ptr<anoclip::v1::AnomalyDetection::Stub>> stubs;
+  if (options.warmup < absl::ZeroDuration()) return absl::InvalidArgumentError("the warm-up cannot be negative");
+  if (options.rps < 0 || !std::isfinite(options.rps)) return absl::InvalidArgumentError("the rate must be >= 0");
+  std::vector<std::unique_ptr<Stub>> stubs;
   for (int i = 0; i < options.connections; ++i) {
     ANOCLIP_ASSIGN_OR_RETURN(auto channel, MakeChannel(connection, i));
     ANOCLIP_RETURN_IF_ERROR(WaitConnected(*channel, connection));
     stubs.push_back(anoclip::v1::AnomalyDetection::NewStub(channel));
   }
-
-  Recorder recorder;
-  std::atomic<int64_t> next{0};
-  const auto start = Clock::now();
-  const auto warm_end = start + absl::ToChronoNanoseconds(options.warmup);
-  const auto end = warm_end + absl::ToChronoNanoseconds(options.duration);
-  const int64_t limit = options.max_requests > 0 ? options.max_requests : INT64_MAX;
-  std::vector<double> arrivals;
-  if (options.rps > 0) {
-    const double seconds = absl::ToDoubleSeconds(options.warmup + options.duration);
-    arrivals = ArrivalOffsets(options.rps, std::min<int64_t>(limit, static_cast<int64_t>(seconds * options.rps) + 1),
-                              options.poisson, options.seed);
+  int64_t next_index = 0;
+  if (options.warmup > absl::ZeroDuration()) {
+    Phase warm{options.warmup, kUnbounded, 0, nullptr};
+    next_index = RunPhase(stubs, connection, options, requests, warm).sent;
   }
-  const int tta_every = options.tta_share > 0 ? std::max(1, static_cast<int>(std::lround(1.0 / options.tta_share))) : 0;
+  if (on_measure_start) ANOCLIP_RETURN_IF_ERROR(on_measure_start());
+  LoadRecorder recorder;
+  Phase measured{options.duration, options.max_requests > 0 ? options.max_requests : kUnbounded, next_index,
+                 &recorder};
+  const double seconds = RunPhase(stubs, connection, options, requests, measured).seconds;
 
-  auto make_request = [&](int64_t index) {
-    anoclip::v1::DetectRequest request = requests[index % requests.size()];
-    request.set_request_id(std::to_string(index));
-    if (tta_every > 0 && index % tta_every == 0) request.mutable_options()->set_tta(true);
-    return request;
-  };
-  std::thread warm_switch([&] {
-    std::this_thread::sleep_until(warm_end);
-    absl::MutexLock lock(&recorder.mutex);
-    recorder.recording = true;
-  });
-
-  auto worker = [&](int w) {
-    auto& stub = *stubs[w % stubs.size()];
-    std::unique_ptr<grpc::ClientContext> stream_context;
-    std::unique_ptr<grpc::ClientReaderWriter<anoclip::v1::DetectRequest, anoclip::v1::DetectResponse>> stream;
-    if (options.stream) {
-      stream_context = std::make_unique<grpc::ClientContext>();
-      stream_context->set_deadline(std::chrono::system_clock::now() +
-                                   absl::ToChronoNanoseconds(options.warmup + options.duration) +
-                                   std::chrono::milliseconds(connection.deadline_ms));
-      if (!connection.token.empty()) stream_context->AddMetadata("authorization", "Bearer " + connection.token);
-      stream = stub.Inspect(stream_context.get());
-    }
-    while (true) {
-      const int64_t index = next.fetch_add(1);
-      if (index >= limit) break;
-      Clock::time_point send = Clock::now();
-      if (!arrivals.empty()) {
-        if (index >= static_cast<int64_t>(arrivals.size())) break;
-        send = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(arrivals[index]));
-        std::this_thread::sleep_until(send);
-      }
-      if (Clock::now() >= end) break;
-      const auto request = make_request(index);
-      int code = 0;
-      std::string message;
-      anoclip::v1::DetectResponse response;
-      if (stream) {
-        if (!stream->Write(request) || !stream->Read(&response)) {
-          code = static_cast<int>(grpc::UNAVAILABLE);
-          message = "the stream broke";
-        } else if (response.error_code() != 0) {
-          code = response.error_code();
-          message = response.error_message();
-        }
-      } else {
-        grpc::ClientContext context;
-        PrepareContext(context, connection);
-        auto status = stub.Detect(&context, request, &response);
-        code = static_cast<int>(status.error_code());
-        message = status.error_message();
-      }
-      recorder.Record(code, message, std::chrono::duration<double>(Clock::now() - send).count());
-      if (stream && code == static_cast<int>(grpc::UNAVAILABLE)) break;
-    }
-    if (stream) {
-      stream->WritesDone();
-      stream->Finish();
-    }
-  };
-  std::vector<std::thread> workers;
-  for (int w = 0; w < options.concurrency; ++w) workers.emplace_back(worker, w);
-  for (auto& t : workers) t.join();
-  warm_switch.detach();  // already done, or the run ended inside the warm-up
-  const double elapsed = std::chrono::duration<double>(std::min(Clock::now(), end) - std::min(warm_end, Clock::now())).count();
-
-  absl::MutexLock lock(&recorder.mutex);
-  recorder.recording = false;
+  RecordedLoad load = recorder.Take();
   LoadResult result;
-  result.requests = recorder.requests;
-  result.ok = recorder.codes.count("OK") ? recorder.codes["OK"] : 0;
-  result.seconds = std::max(elapsed, 1e-9);
-  result.codes = recorder.codes;
-  result.errors = recorder.errors;
-  result.latency = Summarize(recorder.latencies);
+  result.requests = load.requests;
+  result.ok = load.ok;
+  result.seconds = seconds;
+  result.codes = std::move(load.codes);
+  result.errors = std::move(load.errors);
+  result.latency = Summarize(std::move(load.latencies));
   return result;
-}
-
-ServerSplit ComputeSplit(const std::string& before_text, const std::string& after_text) {
-  const auto before = ParsePrometheusText(before_text), after = ParsePrometheusText(after_text);
-  auto delta = [&](const std::string& name, const std::string& filter = "") {
-    return SumSeries(after, name, filter) - SumSeries(before, name, filter);
-  };
-  ServerSplit split;
-  split.requests = delta("anoclip_requests_total", "Detect") + delta("anoclip_requests_total", "Inspect");
-  auto mean = [&](const std::string& family) {
-    const double count = delta(family + "_count");
-    return count > 0 ? delta(family + "_sum") / count : 0.0;
-  };
-  split.queue_s = mean("anoclip_queue_duration_seconds");
-  split.tta_s = mean("anoclip_tta_duration_seconds");
-  split.postprocess_s = mean("anoclip_postprocess_duration_seconds");
-  split.mean_batch = mean("anoclip_batch_size");
-  // Encode time is per batch; per image it is divided by the batch size.
-  split.encode_s = split.mean_batch > 0 ? mean("anoclip_encode_duration_seconds") / split.mean_batch : 0;
-  return split;
 }
 
 }  // namespace anoclip::client

@@ -1,11 +1,20 @@
-// Load generation against the service: closed loop (N workers back to back) or open loop
-// (requests at a target rate, constant or Poisson arrivals, latency measured from the intended
-// send time so a slow server cannot hide queueing). Every run is bounded by a request count and
-// a duration, whichever comes first.
+// Load generation against the service.
+//
+// Closed loop: `concurrency` workers each send the next request as soon as the previous one is
+// answered. Open loop: requests are due at a target rate (constant gaps or Poisson arrivals) and
+// at most `concurrency` are in flight; latency is measured from the time a request was due, so
+// a server that falls behind cannot hide its queue (no coordinated omission).
+//
+// Every run is bounded: it ends when `duration` has passed or `max_requests` were sent,
+// whichever comes first, and each call carries the connection's deadline. A warm-up, when
+// given, runs first with the same workers and is not recorded; it is drained before the
+// measured phase starts, so what the client counts is what the server counts in between.
+//
+// Thread model: RunLoad blocks; it starts its own worker threads and joins them.
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,42 +27,47 @@
 namespace anoclip::client {
 
 struct LoadOptions {
-  int concurrency = 4;           // workers (closed loop) or at most this many in flight (open loop)
-  double rps = 0;                // > 0: open loop at this rate
-  bool poisson = false;          // open loop arrivals: exponential gaps instead of constant
-  int64_t max_requests = 0;      // 0: until the duration ends
+  int concurrency = 4;       // workers (closed loop) or the most requests in flight (open loop)
+  double rps = 0;            // > 0: open loop at this rate
+  bool poisson = false;      // open loop: exponential gaps instead of constant ones
+  int64_t max_requests = 0;  // measured requests; 0: until the duration ends
   absl::Duration duration = absl::Seconds(10);
   absl::Duration warmup = absl::ZeroDuration();
-  int connections = 1;
-  bool stream = false;           // one Inspect stream per worker instead of unary calls
-  double tta_share = 0;          // fraction of requests with TTA
-  uint64_t seed = 1;
+  int connections = 1;       // channels (TCP connections); workers share them round robin
+  bool stream = false;       // one Inspect stream per worker instead of unary Detect calls
+  double tta_share = 0;      // fraction of requests sent with TTA switched on
+  uint64_t seed = 1;         // Poisson arrivals
 };
 
 struct LoadResult {
-  int64_t requests = 0;
+  int64_t requests = 0;  // answered in the measured phase, any status
   int64_t ok = 0;
-  double seconds = 0;
-  std::map<std::string, int64_t> codes;    // gRPC code name -> count
-  std::map<std::string, int64_t> errors;   // first error messages -> count (bounded)
-  LatencySummary latency;                  // successful requests
-  double throughput() const { return seconds > 0 ? ok / seconds : 0; }
+  double seconds = 0;    // wall time of the measured phase
+  std::map<std::string, int64_t> codes;
+  std::map<std::string, int64_t> errors;
+  LatencySummary latency;  // successful requests
+  double throughput() const { return seconds > 0 ? static_cast<double>(ok) / seconds : 0; }
 };
 
-// Arrival times (seconds from the start) of `count` requests at `rate` per second.
+// Due times (seconds from the start) of `count` requests at `rate` per second: 0, 1/rate,
+// 2/rate, ... or, with `poisson`, a Poisson process (exponential gaps) seeded by `seed`.
 std::vector<double> ArrivalOffsets(double rate, int64_t count, bool poisson, uint64_t seed);
 
-// `requests`: the request mix, sent round robin (TTA switched on for the configured share).
-absl::StatusOr<LoadResult> RunLoad(const ConnectionOptions& connection, const LoadOptions& options,
-                                   const std::vector<anoclip::v1::DetectRequest>& requests);
+// Whether request `index` is one of the TTA share: spreads exactly floor(n * share) TTA
+// requests evenly over any n consecutive-from-zero requests.
+bool TtaSelected(int64_t index, double share);
 
-// The server's own view from two /metrics scrapes: mean seconds per request in each stage,
-// mean batch size and the requests it counted in between.
-struct ServerSplit {
-  double requests = 0;
-  double queue_s = 0, encode_s = 0, tta_s = 0, postprocess_s = 0;
-  double mean_batch = 0;
-};
-ServerSplit ComputeSplit(const std::string& before, const std::string& after);
+// "A:B" or "A:B:STEP" with 1 <= A <= B <= 1024, STEP >= 1 -> A, A+STEP, ..., <= B.
+absl::StatusOr<std::vector<int>> ParseConcurrencyRange(const std::string& text);
+
+// "bottle,carpet:texture,pcb1:object" -> class specs (kind unspecified when not given).
+absl::StatusOr<std::vector<anoclip::v1::ClassSpec>> ParseClassMix(const std::string& text);
+
+// `requests`: the mix, sent in turn (TTA switched on for the configured share).
+// `on_measure_start`, when set, runs once after the warm-up has drained and before the first
+// measured request (the caller scrapes the server's metrics there); its error ends the run.
+absl::StatusOr<LoadResult> RunLoad(const ConnectionOptions& connection, const LoadOptions& options,
+                                   const std::vector<anoclip::v1::DetectRequest>& requests,
+                                   const std::function<absl::Status()>& on_measure_start = nullptr);
 
 }  // namespace anoclip::client

@@ -1,5 +1,7 @@
 #include "client/requests.h"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -57,6 +59,23 @@ absl::StatusOr<std::string> ReadImageBytes(const std::string& path) {
   std::stringstream bytes;
   bytes << in.rdbuf();
   return bytes.str();
+}
+
+absl::StatusOr<std::vector<std::string>> ImagesIn(const std::string& dir) {
+  std::vector<std::string> paths;
+  std::error_code error;
+  std::filesystem::directory_iterator it(dir, error);
+  if (error) return absl::NotFoundError(absl::StrCat("cannot list ", dir, ": ", error.message()));
+  for (const auto& entry : it) {
+    std::string ext = entry.path().extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (entry.is_regular_file(error) && (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp" ||
+                                         ext == ".tif" || ext == ".tiff")) {
+      paths.push_back(entry.path().string());
+    }
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
 }
 
 nlohmann::ordered_json ResponseToJson(const anoclip::v1::DetectResponse& r) {

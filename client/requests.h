@@ -2,7 +2,9 @@
 // `anoclip detect` command also produces.
 #pragma once
 
+#include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -20,6 +22,10 @@ std::set<std::string> DetectBoolFlags();
 absl::StatusOr<anoclip::v1::DetectRequest> RequestTemplate(const Arguments& args, bool want_heatmap);
 
 absl::StatusOr<std::string> ReadImageBytes(const std::string& path);
+
+// The image files (png, jpg, jpeg, bmp, tif, tiff; any case) directly in `dir`, sorted.
+// NotFound when `dir` cannot be listed.
+absl::StatusOr<std::vector<std::string>> ImagesIn(const std::string& dir);
 
 // Keys as `anoclip detect --json`: image_score first, then max_pixel_score, class, kind, model,
 // timings_ms, and calibrated_image_score / regions / is_anomalous when known.

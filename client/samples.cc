@@ -25,8 +25,8 @@ cv::Mat Part(int size, int seed) {
 
 }  // namespace
 
-std::vector<Sample> GenerateSamples(int size) {
-  std::vector<Sample> samples;
+std::vector<SampleImage> GenerateSamples(int size) {
+  std::vector<SampleImage> samples;
   samples.push_back({"good_0", Part(size, 1)});
   samples.push_back({"good_1", Part(size, 2)});
   cv::Mat scratch = Part(size, 3);
@@ -44,7 +44,7 @@ std::vector<Sample> GenerateSamples(int size) {
   return samples;
 }
 
-absl::Status WriteSamples(const std::string& dir, const std::vector<Sample>& samples) {
+absl::Status WriteSamples(const std::string& dir, const std::vector<SampleImage>& samples) {
   std::error_code error;
   std::filesystem::create_directories(dir, error);
   if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", error.message()));

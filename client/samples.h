@@ -11,14 +11,14 @@
 
 namespace anoclip::client {
 
-struct Sample {
+struct SampleImage {
   std::string name;  // e.g. "good_0", "defect_scratch"
   cv::Mat rgb;
 };
 
-std::vector<Sample> GenerateSamples(int size = 320);
+std::vector<SampleImage> GenerateSamples(int size = 320);
 
 // Writes each sample as NAME.png into `dir`.
-absl::Status WriteSamples(const std::string& dir, const std::vector<Sample>& samples);
+absl::Status WriteSamples(const std::string& dir, const std::vector<SampleImage>& samples);
 
 }  // namespace anoclip::client
