@@ -19,7 +19,8 @@ std::string BoundLabel(double bound) {
 std::string Mode(const RunSetup& setup) {
   std::string mode = setup.rps > 0 ? absl::StrFormat("open loop %g rps %s, at most %d in flight", setup.rps,
                                                      setup.poisson ? "poisson" : "constant", setup.concurrency)
-                                   : absl::StrFormat("closed loop, %d workers", setup.concurrency);
+                                   : absl::StrFormat("closed loop, %d worker%s", setup.concurrency,
+                                                     setup.concurrency == 1 ? "" : "s");
   absl::StrAppend(&mode, setup.stream ? ", Inspect streams" : ", unary Detect", ", ", setup.connections,
                   setup.connections == 1 ? " connection" : " connections");
   return mode;
