@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -81,14 +82,8 @@ PhaseOutcome RunPhase(const std::vector<std::unique_ptr<Stub>>& stubs, const Con
                 const Phase& phase) {
   const auto start = Clock::now();
   const auto end = start + absl::ToChronoNanoseconds(phase.duration);
-  std::vector<double> arrivals;
-  if (options.rps > 0) {
-    // Constant arrivals due before the end; Poisson ones get headroom and stop at the end.
-    const double expected = absl::ToDoubleSeconds(phase.duration) * options.rps;
-    const double count = std::ceil(options.poisson ? expected * 1.5 + 10 : expected);
-    arrivals = ArrivalOffsets(options.rps, std::min<int64_t>(phase.limit, static_cast<int64_t>(count)),
-                              options.poisson, options.seed + static_cast<uint64_t>(phase.first_index));
-  }
+  std::optional<ArrivalSchedule> schedule;
+  if (options.rps > 0) schedule.emplace(options.rps, options.poisson, options.seed + static_cast<uint64_t>(phase.first_index));
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> sent{0};
 
@@ -96,16 +91,17 @@ PhaseOutcome RunPhase(const std::vector<std::unique_ptr<Stub>>& stubs, const Con
     Stub& stub = *stubs[static_cast<size_t>(w) % stubs.size()];
     WorkerStream stream(stub, connection, phase.duration);
     while (true) {
-      const int64_t index = next.fetch_add(1);
-      if (index >= phase.limit) break;
+      int64_t index = 0;
       Clock::time_point due = Clock::now();
-      if (options.rps > 0) {
-        if (index >= static_cast<int64_t>(arrivals.size())) break;
-        due = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(arrivals[index]));
-        if (due >= end) break;
+      if (schedule) {
+        const auto arrival = schedule->Next();
+        index = arrival.index;
+        due = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(arrival.offset));
+        if (index >= phase.limit || due >= end) break;
         std::this_thread::sleep_until(due);
-      } else if (due >= end) {
-        break;
+      } else {
+        index = next.fetch_add(1);
+        if (index >= phase.limit || due >= end) break;
       }
       const int64_t global = phase.first_index + index;
       anoclip::v1::DetectRequest request = requests[static_cast<size_t>(global) % requests.size()];
@@ -139,18 +135,24 @@ PhaseOutcome RunPhase(const std::vector<std::unique_ptr<Stub>>& stubs, const Con
 
 }  // namespace
 
+ArrivalSchedule::ArrivalSchedule(double rate, bool poisson, uint64_t seed)
+    : rate_(rate), poisson_(poisson), rng_(seed), gap_(rate > 0 ? rate : 1.0) {}
+
+ArrivalSchedule::Arrival ArrivalSchedule::Next() {
+  absl::MutexLock lock(&mutex_);
+  const int64_t index = count_++;
+  if (!poisson_) return {index, static_cast<double>(index) / rate_};  // computed, not summed: no drift
+  const double offset = t_;
+  t_ += gap_(rng_);
+  return {index, offset};
+}
+
 std::vector<double> ArrivalOffsets(double rate, int64_t count, bool poisson, uint64_t seed) {
   std::vector<double> offsets;
   if (!(rate > 0) || count <= 0) return offsets;
   offsets.reserve(static_cast<size_t>(count));
-  std::mt19937_64 rng(seed);
-  std::exponential_distribution<double> gap(rate);
-  double t = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    // Constant gaps are computed, not summed, so they do not drift.
-    offsets.push_back(poisson ? t : static_cast<double>(i) / rate);
-    if (poisson) t += gap(rng);
-  }
+  ArrivalSchedule schedule(rate, poisson, seed);
+  for (int64_t i = 0; i < count; ++i) offsets.push_back(schedule.Next().offset);
   return offsets;
 }
 

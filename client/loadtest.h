@@ -15,10 +15,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "anoclip/v1/anoclip.pb.h"
 #include "client/connection.h"
@@ -49,8 +51,29 @@ struct LoadResult {
   double throughput() const { return seconds > 0 ? static_cast<double>(ok) / seconds : 0; }
 };
 
-// Due times (seconds from the start) of `count` requests at `rate` per second: 0, 1/rate,
-// 2/rate, ... or, with `poisson`, a Poisson process (exponential gaps) seeded by `seed`.
+// Due times of an open-loop run, made one at a time so a long run at a high rate needs no table:
+// 0, 1/rate, 2/rate, ... or, with `poisson`, a Poisson process (exponential gaps) seeded by
+// `seed`. Thread-safe: each caller gets the next request's index and due time.
+class ArrivalSchedule {
+ public:
+  ArrivalSchedule(double rate, bool poisson, uint64_t seed);
+  struct Arrival {
+    int64_t index;
+    double offset;  // seconds from the start
+  };
+  Arrival Next();
+
+ private:
+  const double rate_;
+  const bool poisson_;
+  absl::Mutex mutex_;
+  int64_t count_ ABSL_GUARDED_BY(mutex_) = 0;
+  double t_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mutex_);
+  std::exponential_distribution<double> gap_ ABSL_GUARDED_BY(mutex_);
+};
+
+// The first `count` due times of ArrivalSchedule(rate, poisson, seed); empty unless rate > 0.
 std::vector<double> ArrivalOffsets(double rate, int64_t count, bool poisson, uint64_t seed);
 
 // Whether request `index` is one of the TTA share: spreads exactly floor(n * share) TTA

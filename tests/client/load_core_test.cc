@@ -166,6 +166,27 @@ TEST(ArrivalOffsetsTest, NoRateOrNoCountIsEmpty) {
   EXPECT_TRUE(ArrivalOffsets(5, 0, false, 1).empty());
 }
 
+TEST(ArrivalScheduleTest, HandsOutEachIndexOnceAcrossThreads) {
+  ArrivalSchedule schedule(1000.0, false, 1);
+  absl::Mutex mutex;
+  std::map<int64_t, double> seen;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 500; ++i) {
+        const auto arrival = schedule.Next();
+        absl::MutexLock lock(&mutex);
+        seen[arrival.index] = arrival.offset;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(seen.size(), 2000u);
+  EXPECT_EQ(seen.begin()->first, 0);
+  EXPECT_EQ(seen.rbegin()->first, 1999);
+  for (const auto& [index, offset] : seen) EXPECT_DOUBLE_EQ(offset, index / 1000.0);
+}
+
 TEST(TtaSelectedTest, SelectsExactlyTheShare) {
   for (double share : {0.0, 0.2, 0.25, 1.0 / 3, 0.5, 0.9, 1.0}) {
     SCOPED_TRACE(share);
