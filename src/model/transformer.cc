@@ -43,10 +43,30 @@ at::Tensor AttentionImpl::ProjectFirstQuery(const at::Tensor& y) const {
 
 at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& mask) const {
-  auto scores = at::matmul(q * (1.0 / std::sqrt(static_cast<double>(head_dim))), k.transpose(-2, -1));
-  if (mask.defined()) scores = scores + mask;
-  auto out = at::matmul(scores.softmax(-1), v);  // [B,h,Lq,d]
-  out = out.transpose(1, 2).reshape({q.size(0), q.size(2), width});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const int64_t batch = q.size(0), queries = q.size(2), keys = k.size(2);
+  at::Tensor out;
+  if (torch::GradMode::is_enabled()) {
+    auto scores = at::matmul(q * scale, k.transpose(-2, -1));
+    if (mask.defined()) scores = scores + mask;
+    out = at::matmul(scores.softmax(-1), v);  // [B,h,Lq,d]
+  } else {
+    // The per-head products are small (L x d x L): one head per thread, each product on one
+    // core, keeps both cores busy where a threaded BLAS call per head would mostly synchronise.
+    auto qs = q.reshape({batch * heads, queries, head_dim});
+    auto ks = k.reshape({batch * heads, keys, head_dim});
+    auto vs = v.reshape({batch * heads, keys, head_dim});
+    out = at::empty({batch * heads, queries, head_dim}, q.options());
+    at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        auto scores = at::mm(qs[i], ks[i].t()).mul_(scale);
+        if (mask.defined()) scores.add_(mask);
+        out[i].copy_(at::mm(scores.softmax(-1), vs[i]));
+      }
+    });
+    out = out.view({batch, heads, queries, head_dim});
+  }
+  out = out.transpose(1, 2).reshape({batch, queries, width});
   return torch::nn::functional::linear(out, out_proj->weight, out_proj->bias);
 }
 
