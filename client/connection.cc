@@ -5,21 +5,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/status_macros.h"
 
 namespace anoclip::client {
-namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-}  // namespace
-
 std::set<std::string> ConnectionFlags() {
   return {"target", "ca-cert", "client-cert", "client-key", "server-name", "token", "token-file", "deadline-ms",
           "connect-timeout-ms"};
@@ -42,7 +31,7 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
     return absl::InvalidArgumentError("give --token or --token-file, not both");
   }
   if (args.Has("token-file")) {
-    ANOCLIP_ASSIGN_OR_RETURN(auto token, ReadFile(args.String("token-file")));
+    ANOCLIP_ASSIGN_OR_RETURN(auto token, ReadFileToString(args.String("token-file")));
     options.token = std::string(absl::StripAsciiWhitespace(token));
     if (options.token.empty()) return absl::InvalidArgumentError(absl::StrCat(args.String("token-file"), " is empty"));
   }
@@ -67,10 +56,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptio
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (!options.ca_cert.empty()) {
     grpc::SslCredentialsOptions ssl;
-    ANOCLIP_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.ca_cert));
+    ANOCLIP_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileToString(options.ca_cert));
     if (!options.client_cert.empty()) {
-      ANOCLIP_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(options.client_cert));
-      ANOCLIP_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(options.client_key));
+      ANOCLIP_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFileToString(options.client_cert));
+      ANOCLIP_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFileToString(options.client_key));
     }
     credentials = grpc::SslCredentials(ssl);
   }

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/files.h"
 #include "image/decode.h"
 #include "image/render.h"
 
@@ -54,11 +55,9 @@ absl::StatusOr<anoclip::v1::DetectRequest> RequestTemplate(const Arguments& args
 }
 
 absl::StatusOr<std::string> ReadImageBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read image ", path));
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
+  auto bytes = ReadFileToString(path);
+  if (!bytes.ok()) return absl::NotFoundError(absl::StrCat("cannot read image ", path));
+  return bytes;
 }
 
 absl::StatusOr<std::vector<std::string>> ImagesIn(const std::string& dir) {

@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "anomaly/text_bank.h"
+#include "common/files.h"
 #include "common/status_macros.h"
 #include "server/anomaly_service.h"
 #include "server/metrics.h"
@@ -22,23 +23,15 @@ namespace {
 constexpr char kVersion[] = "0.1.0";
 constexpr char kServiceName[] = "anoclip.v1.AnomalyDetection";
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& config) {
   if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions options;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  ANOCLIP_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(config.tls_cert));
-  ANOCLIP_ASSIGN_OR_RETURN(pair.private_key, ReadFile(config.tls_key));
+  ANOCLIP_ASSIGN_OR_RETURN(pair.cert_chain, ReadFileToString(config.tls_cert));
+  ANOCLIP_ASSIGN_OR_RETURN(pair.private_key, ReadFileToString(config.tls_key));
   options.pem_key_cert_pairs.push_back(pair);
   if (!config.tls_client_ca.empty()) {
-    ANOCLIP_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFile(config.tls_client_ca));
+    ANOCLIP_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFileToString(config.tls_client_ca));
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
@@ -115,7 +108,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
   options.image_limits.max_bytes = config.max_message_bytes;
   options.version = kVersion;
   if (!config.auth_token_file.empty()) {
-    ANOCLIP_ASSIGN_OR_RETURN(auto token, ReadFile(config.auth_token_file));
+    ANOCLIP_ASSIGN_OR_RETURN(auto token, ReadFileToString(config.auth_token_file));
     options.auth_token = std::string(absl::StripAsciiWhitespace(token));
     if (options.auth_token.empty()) return absl::InvalidArgumentError("the auth token file is empty");
   }

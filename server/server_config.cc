@@ -11,6 +11,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/arguments.h"
+#include "common/files.h"
 #include "common/status_macros.h"
 
 namespace anoclip::server {
@@ -68,11 +69,9 @@ absl::Status ApplyInt(ServerConfig& c, const std::string& name, int64_t value) {
 }
 
 absl::Status ApplyConfigFile(ServerConfig& config, const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  const auto json = nlohmann::json::parse(text.str(), nullptr, false);
+  auto text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
+  const auto json = nlohmann::json::parse(*text, nullptr, false);
   if (json.is_discarded() || !json.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   }

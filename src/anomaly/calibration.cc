@@ -11,6 +11,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -159,11 +160,9 @@ absl::StatusOr<Calibration> ParseCalibration(const std::string& text) {
 }
 
 absl::StatusOr<Calibration> LoadCalibration(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read calibration ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  auto calibration = ParseCalibration(text.str());
+  auto text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("cannot read calibration ", path));
+  auto calibration = ParseCalibration(*text);
   if (!calibration.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", calibration.status().message()));
   }

@@ -7,6 +7,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 
 namespace anoclip::image {
 namespace {
@@ -148,11 +149,9 @@ absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& l
 }
 
 absl::StatusOr<cv::Mat> ReadImageFile(const std::string& path, const ImageLimits& limits) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read image ", path));
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  auto image = DecodeImage(bytes.str(), limits);
+  auto bytes = ReadFileToString(path);
+  if (!bytes.ok()) return absl::NotFoundError(absl::StrCat("cannot read image ", path));
+  auto image = DecodeImage(*bytes, limits);
   if (!image.ok()) return absl::Status(image.status().code(), absl::StrCat(path, ": ", image.status().message()));
   return image;
 }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 
 namespace anoclip::model {
 namespace {
@@ -149,11 +150,9 @@ absl::StatusOr<OpenClipConfig> ParseOpenClipConfig(const std::string& json_text)
 }
 
 absl::StatusOr<OpenClipConfig> ReadOpenClipConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read model config ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = ParseOpenClipConfig(text.str());
+  auto text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("cannot read model config ", path));
+  auto config = ParseOpenClipConfig(*text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(path, ": ", config.status().message()));
   }
