@@ -4,14 +4,15 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "anomaly/calibration.h"
 #include "anomaly/decision.h"
+#include "cli/command_support.h"
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 #include "common/status_macros.h"
@@ -30,186 +31,208 @@ constexpr char kUsage[] =
     "         [--dump FILE.safetensors] [--json]\n"
     "         [--tta [--tta-steps N] [--tta-lr X] [--tta-sigma X] [--tta-init text|random]\n"
     "                [--seed N] [--tta-noise FILE.safetensors:KEY]]\n"
-    "         [--calibration FILE.json | --threshold X] [--min-region-area N]\n";
+    "         [--calibration FILE.json | --threshold X] [--min-region-area N]\n"
+    "  Prints the image score and the maximum pixel score (--json: one JSON object).\n"
+    "  --out DIR writes heatmap.png, overlay.png and, with a threshold or calibration, mask.png,\n"
+    "  all at the input's size. The heatmap is drawn on the calibrated [0,1] scale with\n"
+    "  --calibration, otherwise stretched over the map's own min..max.\n"
+    "  --threshold X (0 < X < 1) judges raw scores; --calibration judges calibrated ones at 0.5.\n";
+
+// Everything the command line says, checked before any file is read.
+struct DetectRequest {
+  anomaly::PromptSpec spec;
+  anomaly::DetectorOptions detector;
+  anomaly::DetectOptions options;
+  std::string image_path;
+  std::string calibration_path;  // empty: none
+  std::optional<double> threshold;
+  int64_t min_region_area = 1;
+  std::string noise_file, noise_key;  // --tta-noise; empty: Gaussian noise
+  std::string out_dir;                // empty: no images
+  std::string dump_path;              // empty: no dump
+  bool json = false;
+};
+
+absl::StatusOr<std::string> OptionalPath(const Arguments& args, const std::string& flag) {
+  if (!args.Has(flag)) return std::string();
+  return args.Required(flag);  // present but empty is an error
+}
+
+absl::StatusOr<DetectRequest> DetectRequestFromArguments(const Arguments& args) {
+  DetectRequest request;
+  ANOCLIP_ASSIGN_OR_RETURN(request.detector, DetectorOptionsFromArguments(args));
+  ANOCLIP_ASSIGN_OR_RETURN(request.image_path, args.Required("image"));
+  ANOCLIP_ASSIGN_OR_RETURN(request.spec, PromptSpecFromArguments(args));
+  ANOCLIP_ASSIGN_OR_RETURN(request.options, DetectOptionsFromArguments(args));
+  request.options.keep_tokens = args.Has("dump");
+  if (args.Has("calibration") && args.Has("threshold")) {
+    return absl::InvalidArgumentError("give --calibration or --threshold, not both");
+  }
+  ANOCLIP_ASSIGN_OR_RETURN(request.calibration_path, OptionalPath(args, "calibration"));
+  if (args.Has("threshold")) {
+    ANOCLIP_ASSIGN_OR_RETURN(double threshold, args.Double("threshold", 0.5));
+    ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(threshold));
+    request.threshold = threshold;
+  }
+  ANOCLIP_ASSIGN_OR_RETURN(request.min_region_area, args.Int("min-region-area", 1, 1, INT64_MAX));
+  if (args.Has("tta-noise")) {
+    const std::string spec = args.String("tta-noise");
+    const size_t colon = spec.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("--tta-noise must be FILE.safetensors:KEY; was \"", spec, "\""));
+    }
+    request.noise_file = spec.substr(0, colon);
+    request.noise_key = spec.substr(colon + 1);
+  }
+  ANOCLIP_ASSIGN_OR_RETURN(request.out_dir, OptionalPath(args, "out"));
+  ANOCLIP_ASSIGN_OR_RETURN(request.dump_path, OptionalPath(args, "dump"));
+  request.json = args.Flag("json");
+  return request;
+}
 
 double MillisecondsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
 cv::Mat ToMat(const at::Tensor& map) {
-  auto contiguous = map.to(at::kFloat).contiguous();
+  auto contiguous = map.to(at::kFloat).cpu().contiguous();
   return cv::Mat(static_cast<int>(contiguous.size(0)), static_cast<int>(contiguous.size(1)), CV_32F,
                  contiguous.data_ptr<float>())
       .clone();
 }
 
-absl::StatusOr<anomaly::DetectOptions> DetectOptionsFromArguments(const Arguments& args, int64_t tokens,
-                                                                  int64_t embed_dim) {
-  anomaly::DetectOptions options;
-  ANOCLIP_ASSIGN_OR_RETURN(int64_t views, args.Int("views", 1, 1, 22));
-  options.views = static_cast<int>(views);
-  const std::string mode = args.String("mode", "anoclip");
-  if (mode != "anoclip" && mode != "clip") {
-    return absl::InvalidArgumentError(absl::StrCat("--mode must be anoclip or clip; was ", mode));
+// The fixed δ of --tta-noise, used at every step (how the reference data was made).
+absl::Status InstallNoise(const DetectRequest& request, const model::OpenClipConfig& config,
+                          anomaly::TtaOptions* tta) {
+  ANOCLIP_ASSIGN_OR_RETURN(auto tensors, io::ReadSafetensors(request.noise_file));
+  auto it = tensors.find(request.noise_key);
+  if (it == tensors.end()) {
+    return absl::NotFoundError(absl::StrCat("--tta-noise: no tensor ", request.noise_key, " in ", request.noise_file));
   }
-  options.path = mode == "clip" ? anomaly::TokenPath::kPlainClip : anomaly::TokenPath::kLocalAware;
-  options.keep_tokens = args.Has("dump");
-  options.tta = args.Flag("tta");
-  auto& tta = options.tta_options;
-  ANOCLIP_ASSIGN_OR_RETURN(int64_t steps, args.Int("tta-steps", 5, 1, 100));
-  tta.steps = static_cast<int>(steps);
-  ANOCLIP_ASSIGN_OR_RETURN(tta.lr, args.Double("tta-lr", 1e-3));
-  ANOCLIP_ASSIGN_OR_RETURN(tta.sigma, args.Double("tta-sigma", 0.05));
-  ANOCLIP_ASSIGN_OR_RETURN(int64_t seed, args.Int("seed", 0, 0, INT64_MAX));
-  tta.seed = static_cast<uint64_t>(seed);
-  const std::string init = args.String("tta-init", "text");
-  if (init != "text" && init != "random") {
-    return absl::InvalidArgumentError(absl::StrCat("--tta-init must be text or random; was ", init));
+  const int64_t tokens = static_cast<int64_t>(config.vision.grid()) * config.vision.grid();
+  const std::vector<int64_t> expected = {tokens, config.embed_dim};
+  if (it->second.sizes() != at::IntArrayRef(expected)) {
+    return absl::InvalidArgumentError(absl::StrCat("--tta-noise: ", request.noise_key, " must be [", tokens, ",",
+                                                   config.embed_dim, "] for this model"));
   }
-  tta.init = init == "random" ? anomaly::TtaInit::kRandom : anomaly::TtaInit::kText;
-  if (args.Has("tta-noise")) {
-    const std::string spec = args.String("tta-noise");
-    const size_t colon = spec.rfind(':');
-    if (colon == std::string::npos) {
-      return absl::InvalidArgumentError("--tta-noise must be FILE.safetensors:KEY");
-    }
-    ANOCLIP_ASSIGN_OR_RETURN(auto tensors, io::ReadSafetensors(spec.substr(0, colon)));
-    auto it = tensors.find(spec.substr(colon + 1));
-    if (it == tensors.end()) {
-      return absl::NotFoundError(absl::StrCat("no tensor ", spec.substr(colon + 1), " in ", spec.substr(0, colon)));
-    }
-    if (it->second.sizes() != at::IntArrayRef{tokens, embed_dim}) {
-      return absl::InvalidArgumentError(absl::StrCat("--tta-noise tensor must be [", tokens, ",", embed_dim, "]"));
-    }
-    at::Tensor noise = it->second.to(at::kFloat).clone();
-    tta.noise = [noise](int, int64_t, at::IntArrayRef) { return noise; };
-  }
-  if (options.tta) ANOCLIP_RETURN_IF_ERROR(anomaly::TestTimeAdapter::Create(tta).status());
-  return options;
+  at::Tensor noise = it->second.to(at::kFloat).clone();
+  tta->noise = [noise](int, int64_t, at::IntArrayRef) { return noise; };
+  return absl::OkStatus();
 }
 
-absl::Status RunDetect(const Arguments& args) {
+absl::Status RunDetect(DetectRequest request) {
   const auto total_start = Clock::now();
-  ANOCLIP_ASSIGN_OR_RETURN(auto spec, PromptSpecFromArguments(args));
-  ANOCLIP_ASSIGN_OR_RETURN(const std::string image_path, args.Required("image"));
   std::optional<anomaly::Calibration> calibration;
-  std::optional<double> threshold;
-  if (args.Has("calibration") && args.Has("threshold")) {
-    return absl::InvalidArgumentError("give --calibration or --threshold, not both");
+  if (!request.calibration_path.empty()) {
+    ANOCLIP_ASSIGN_OR_RETURN(calibration, anomaly::LoadCalibration(request.calibration_path));
   }
-  if (args.Has("calibration")) {
-    ANOCLIP_ASSIGN_OR_RETURN(calibration, anomaly::LoadCalibration(args.String("calibration")));
-  }
-  if (args.Has("threshold")) {
-    ANOCLIP_ASSIGN_OR_RETURN(double value, args.Double("threshold", 0.5));
-    ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(value));
-    threshold = value;
-  }
-  ANOCLIP_ASSIGN_OR_RETURN(int64_t min_area, args.Int("min-region-area", 1, 0, INT64_MAX));
+  // The image before the model: a bad file fails fast.
+  auto start = Clock::now();
+  ANOCLIP_ASSIGN_OR_RETURN(const cv::Mat rgb, ReadImageForDetector(request.image_path));
+  const double decode_ms = MillisecondsSince(start);
 
-  ANOCLIP_ASSIGN_OR_RETURN(auto detector, DetectorFromArguments(args));
-  const auto& config = detector->config();
-  const int64_t tokens = config.vision.grid() * config.vision.grid();
-  ANOCLIP_ASSIGN_OR_RETURN(auto options, DetectOptionsFromArguments(args, tokens, config.embed_dim));
+  ANOCLIP_ASSIGN_OR_RETURN(auto detector, anomaly::Detector::Create(request.detector));
   if (calibration.has_value()) {
-    if (calibration->class_name != spec.class_name || calibration->kind != spec.kind) {
+    if (calibration->class_name != request.spec.class_name || calibration->kind != request.spec.kind) {
       return absl::InvalidArgumentError(absl::StrCat("calibration is for ", calibration->class_name, "/",
-                                                     calibration->kind, ", not ", spec.class_name, "/", spec.kind));
+                                                     calibration->kind, ", not ", request.spec.class_name, "/",
+                                                     request.spec.kind));
     }
     if (calibration->model_id != detector->model_id()) {
       return absl::InvalidArgumentError(absl::StrCat("calibration was made with model ", calibration->model_id,
                                                      ", not ", detector->model_id()));
     }
   }
+  if (!request.noise_file.empty()) {
+    ANOCLIP_RETURN_IF_ERROR(InstallNoise(request, detector->config(), &request.options.tta_options));
+  }
 
-  auto start = Clock::now();
-  ANOCLIP_ASSIGN_OR_RETURN(auto image, LoadImageForDetector(image_path, *detector));
-  const double decode_ms = MillisecondsSince(start);
   start = Clock::now();
-  ANOCLIP_ASSIGN_OR_RETURN(auto text, detector->EncodeText(spec));
+  const at::Tensor input = PreprocessForDetector(rgb, *detector);
+  const double preprocess_ms = MillisecondsSince(start);
+  start = Clock::now();
+  ANOCLIP_ASSIGN_OR_RETURN(auto text, detector->EncodeText(request.spec));
   const double text_ms = MillisecondsSince(start);
   auto shared_text = std::make_shared<const anomaly::TextFeatures>(text);
-  ANOCLIP_ASSIGN_OR_RETURN(auto detections, detector->Detect(image.input.unsqueeze(0), {shared_text}, {options}));
-  const auto& d = detections[0];
+  ANOCLIP_ASSIGN_OR_RETURN(auto detections, detector->Detect(input.unsqueeze(0), {shared_text}, {request.options}));
+  const anomaly::Detection& d = detections[0];
 
+  // Pixel scores at the input's size; with --tta the adapted map.
   start = Clock::now();
-  const int width = image.rgb.cols, height = image.rgb.rows;
-  cv::Mat heatmap = image::ResizeHeatmap(ToMat(d.anomaly_map), width, height);
+  cv::Mat heatmap = image::ResizeHeatmap(ToMat(d.anomaly_map), rgb.cols, rgb.rows);
   double max_pixel = 0;
   cv::minMaxLoc(heatmap, nullptr, &max_pixel);
-  ANOCLIP_ASSIGN_OR_RETURN(auto decision, anomaly::Decide(d.image_score, heatmap,
-                                                         calibration ? &*calibration : nullptr, threshold,
-                                                         min_area));
-  const auto& regions = decision.regions;
-  const auto& calibrated_image = decision.calibrated_image_score;
-  const auto& is_anomalous = decision.is_anomalous;
-  const auto& region_threshold = decision.threshold;
-  const cv::Mat& decision_map = decision.map;
+  ANOCLIP_ASSIGN_OR_RETURN(auto decision,
+                           anomaly::Decide(d.image_score, heatmap, calibration ? &*calibration : nullptr,
+                                           request.threshold, request.min_region_area));
 
-  if (args.Has("out")) {
-    const std::string out = args.String("out");
+  if (!request.out_dir.empty()) {
+    const std::string& out = request.out_dir;
     std::error_code error;
     std::filesystem::create_directories(out, error);
     if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out, ": ", error.message()));
     // Calibrated maps render on their fixed [0,1] scale; raw maps on their own min..max.
-    cv::Mat gray = calibration ? image::HeatmapToGray(decision_map, 0.f, 1.f) : image::HeatmapToGray(heatmap, 0.f, 0.f);
+    cv::Mat gray = calibration ? image::HeatmapToGray(decision.map, 0.f, 1.f) : image::HeatmapToGray(heatmap, 0.f, 0.f);
     std::vector<std::vector<cv::Point>> contours;
-    for (const auto& region : regions) contours.push_back(region.contour);
+    for (const auto& region : decision.regions) contours.push_back(region.contour);
     ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/heatmap.png", gray));
-    ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/overlay.png", image::RenderOverlay(image.rgb, gray, 0.5, contours)));
-    if (region_threshold) {
-      cv::Mat mask = decision_map > *region_threshold;
+    ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/overlay.png", image::RenderOverlay(rgb, gray, 0.5, contours)));
+    if (decision.threshold) {
+      // The same rule as the regions: pixels strictly above the threshold.
+      cv::Mat mask = decision.map > *decision.threshold;
       ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/mask.png", mask));
     }
   }
-  if (args.Has("dump")) {
-    io::StateDict dump{{"input", image.input},
-                       {"cls_embedding", d.cls_embedding},
-                       {"vv_tokens", d.vv_tokens},
-                       {"qkv_tokens", d.qkv_tokens},
-                       {"patch_probs", d.zero_shot_patch_probs},
-                       {"anomaly_map", d.zero_shot_anomaly_map},
-                       {"text_features", text.features.cpu()},
-                       {"prompts", text.prompts.cpu()}};
-    if (options.tta) {
-      dump["tta_patch_probs"] = d.patch_probs;
-      dump["tta_anomaly_map"] = d.anomaly_map;
+  if (!request.dump_path.empty()) {
+    auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).cpu(); };
+    io::StateDict dump{{"input", f32(input)},
+                       {"cls_embedding", f32(d.cls_embedding)},
+                       {"vv_tokens", f32(d.vv_tokens)},
+                       {"qkv_tokens", f32(d.qkv_tokens)},
+                       {"patch_probs", f32(d.zero_shot_patch_probs)},
+                       {"anomaly_map", f32(d.zero_shot_anomaly_map)},
+                       {"text_features", f32(text.features)},
+                       {"prompts", f32(text.prompts)}};
+    if (request.options.tta) {
+      dump["tta_patch_probs"] = f32(d.patch_probs);
+      dump["tta_anomaly_map"] = f32(d.anomaly_map);
     }
-    ANOCLIP_RETURN_IF_ERROR(io::WriteSafetensors(args.String("dump"), dump, {{"model", detector->model_id()}}));
+    ANOCLIP_RETURN_IF_ERROR(io::WriteSafetensors(request.dump_path, dump, {{"model", detector->model_id()}}));
   }
   const double postprocess_ms = MillisecondsSince(start);
 
-  if (args.Flag("json")) {
+  if (request.json) {
     nlohmann::ordered_json json;
     json["image_score"] = d.image_score;
     json["max_pixel_score"] = max_pixel;
-    json["class"] = spec.class_name;
-    json["kind"] = spec.kind;
+    json["class"] = request.spec.class_name;
+    json["kind"] = request.spec.kind;
     json["model"] = detector->model_id();
     json["timings_ms"] = {{"decode", decode_ms},
+                          {"preprocess", preprocess_ms},
                           {"text", text_ms},
                           {"encode", d.encode_seconds * 1e3},
                           {"tta", d.tta_seconds * 1e3},
                           {"postprocess", postprocess_ms},
                           {"total", MillisecondsSince(total_start)}};
-    if (calibrated_image) json["calibrated_image_score"] = *calibrated_image;
-    if (region_threshold) {
+    if (decision.calibrated_image_score) json["calibrated_image_score"] = *decision.calibrated_image_score;
+    if (decision.threshold) {
       json["regions"] = nlohmann::ordered_json::array();
-      for (const auto& r : regions) {
+      for (const auto& r : decision.regions) {
         json["regions"].push_back({{"x", r.x}, {"y", r.y}, {"width", r.width}, {"height", r.height},
                                    {"area", r.area}, {"peak", r.peak}, {"mean", r.mean}});
       }
     }
-    if (is_anomalous) json["is_anomalous"] = *is_anomalous;
-    if (options.tta) json["tta_losses"] = d.tta_losses;
+    if (decision.is_anomalous) json["is_anomalous"] = *decision.is_anomalous;
+    if (request.options.tta) json["tta_losses"] = d.tta_losses;
     std::cout << json.dump(2) << std::endl;
   } else {
-    std::cout << "class " << spec.class_name << " (" << spec.kind << ")\n"
+    std::cout << "class " << request.spec.class_name << " (" << request.spec.kind << ")\n"
               << "image_score " << d.image_score << "\n"
               << "max_pixel_score " << max_pixel << "\n";
-    if (calibrated_image) std::cout << "calibrated_image_score " << *calibrated_image << "\n";
-    if (region_threshold) std::cout << "regions " << regions.size() << "\n";
-    if (is_anomalous) std::cout << "is_anomalous " << (*is_anomalous ? "true" : "false") << "\n";
+    if (decision.calibrated_image_score) std::cout << "calibrated_image_score " << *decision.calibrated_image_score << "\n";
+    if (decision.threshold) std::cout << "regions " << decision.regions.size() << "\n";
+    if (decision.is_anomalous) std::cout << "is_anomalous " << (*decision.is_anomalous ? "true" : "false") << "\n";
   }
   return absl::OkStatus();
 }
@@ -218,21 +241,18 @@ absl::Status RunDetect(const Arguments& args) {
 
 int RunDetectCommand(const std::vector<std::string>& words) {
   auto value_flags = EngineValueFlags();
-  value_flags.insert({"image", "class", "kind", "views", "mode", "out", "dump", "tta-steps", "tta-lr",
-                      "tta-sigma", "tta-init", "seed", "tta-noise", "calibration", "threshold",
+  value_flags.merge(ScoringValueFlags());
+  value_flags.insert({"image", "class", "kind", "out", "dump", "tta-noise", "calibration", "threshold",
                       "min-region-area"});
-  auto args = Arguments::Parse(words, value_flags, {"json", "tta", "help"});
-  if (!args.ok() || args->Flag("help")) {
-    if (!args.ok()) std::cerr << "anoclip detect: " << args.status().message() << "\n";
-    std::cerr << kUsage;
-    return args.ok() ? 0 : 2;
+  int exit_code = kExitOk;
+  auto args = ParseCommandLine("detect", words, value_flags, {"json", "tta"}, kUsage, &exit_code);
+  if (!args) return exit_code;
+  auto request = DetectRequestFromArguments(*args);
+  if (!request.ok()) return ReportError("detect", request.status(), kExitUsageError);
+  if (auto status = RunDetect(std::move(request).value()); !status.ok()) {
+    return ReportError("detect", status, kExitRuntimeError);
   }
-  auto status = RunDetect(*args);
-  if (!status.ok()) {
-    std::cerr << "anoclip detect: " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace anoclip::cli

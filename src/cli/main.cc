@@ -1,46 +1,64 @@
-// `anoclip`: the engine on the command line (detect, calibrate, make-test-model, bench).
+// `anoclip`: the engine on the command line. A table from subcommand name to its function;
+// each subcommand parses its own flags (cli/command_support.h has the exit codes).
 #include <exception>
-#include <functional>
 #include <iostream>
-#include <map>
 #include <string>
 #include <vector>
 
+#include "cli/command_support.h"
 #include "cli/commands.h"
 #include "common/blas_info.h"
 
 namespace {
 
-constexpr char kUsage[] =
-    "usage: anoclip <command> [flags]   (anoclip <command> --help for its flags)\n"
-    "  detect           score one image of a class: anomaly score, heatmap, regions\n"
-    "  calibrate        fit a label-free calibration from defect-free images of a class\n"
-    "  make-test-model  write seeded random weights in the OpenCLIP layout (tests, benchmarks)\n"
-    "  bench            time the vision and text towers and test-time adaptation\n";
+using Command = int (*)(const std::vector<std::string>&);
+
+struct Subcommand {
+  const char* name;
+  Command run;
+  const char* summary;
+};
+
+constexpr Subcommand kCommands[] = {
+    {"detect", anoclip::cli::RunDetectCommand, "score one image of a class: anomaly score, heatmap, regions"},
+    {"calibrate", anoclip::cli::RunCalibrateCommand, "fit a label-free calibration from defect-free images"},
+    {"make-test-model", anoclip::cli::RunMakeTestModelCommand,
+     "write seeded random weights in the OpenCLIP layout (tests, benchmarks)"},
+    {"bench", anoclip::cli::RunBenchCommand, "time the vision and text towers and test-time adaptation"},
+};
+
+void PrintUsage(std::ostream& out) {
+  out << "usage: anoclip <command> [flags]   (anoclip <command> --help lists its flags)\n";
+  for (const auto& command : kCommands) {
+    out << "  " << command.name << std::string(18 - std::string(command.name).size(), ' ') << command.summary << "\n";
+  }
+  out << "exit status: 0 success, 1 runtime error, 2 usage error\n";
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::map<std::string, std::function<int(const std::vector<std::string>&)>> commands = {
-      {"detect", anoclip::cli::RunDetectCommand},
-      {"calibrate", anoclip::cli::RunCalibrateCommand},
-      {"make-test-model", anoclip::cli::RunMakeTestModelCommand},
-      {"bench", anoclip::cli::RunBenchCommand},
-  };
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
-    std::cerr << kUsage;
-    return argc < 2 ? 2 : 0;
+  if (argc < 2) {
+    PrintUsage(std::cerr);
+    return anoclip::cli::kExitUsageError;
   }
-  auto command = commands.find(argv[1]);
-  if (command == commands.end()) {
-    std::cerr << "anoclip: unknown command " << argv[1] << "\n" << kUsage;
-    return 2;
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    PrintUsage(std::cout);
+    return anoclip::cli::kExitOk;
   }
-  anoclip::LogBlasAtStartup("anoclip");
-  try {
-    return command->second(std::vector<std::string>(argv + 2, argv + argc));
-  } catch (const std::exception& error) {
-    std::cerr << "anoclip " << argv[1] << ": " << error.what() << "\n";
-    return 1;
+  for (const auto& command : kCommands) {
+    if (name != command.name) continue;
+    try {
+      anoclip::LogBlasAtStartup("anoclip");
+      return command.run(std::vector<std::string>(argv + 2, argv + argc));
+    } catch (const std::exception& error) {
+      std::cerr << "anoclip " << name << ": " << anoclip::cli::OneLine(error.what()) << "\n";
+    } catch (...) {
+      std::cerr << "anoclip " << name << ": unexpected error\n";
+    }
+    return anoclip::cli::kExitRuntimeError;
   }
+  std::cerr << "anoclip: unknown command \"" << name << "\" (anoclip --help lists the commands)\n";
+  return anoclip::cli::kExitUsageError;
 }

@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "common/arguments.h"
+#include "cli/command_support.h"
 #include "cli/commands.h"
 #include "common/status_macros.h"
 #include "io/state_dict.h"
@@ -17,38 +17,78 @@ namespace anoclip::cli {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: anoclip make-test-model (--arch ViT-B-16-plus-240 | --config open_clip_config.json)\n"
-    "         --seed N --out DIR [--vocab FILE (copied into DIR)]\n";
+    "usage: anoclip make-test-model (--arch NAME | --config JSON_FILE) --seed N --out DIR\n"
+    "         [--format safetensors] [--vocab FILE]\n"
+    "  Writes DIR/open_clip_config.json and DIR/open_clip_model.safetensors with weights drawn\n"
+    "  from the seed (the same seed gives the same bytes). --arch takes a built-in OpenCLIP\n"
+    "  name (e.g. ViT-B-16-plus-240); --config an open_clip_config.json, or just its\n"
+    "  model_cfg. Only safetensors can be written. --vocab copies the BPE vocabulary into DIR.\n";
 
-absl::Status MakeTestModel(const Arguments& args) {
+struct MakeTestModelRequest {
+  std::string arch;         // or
+  std::string config_path;
+  uint64_t seed = 0;
+  std::string out;
+  std::string vocab;        // empty: none copied
+};
+
+absl::StatusOr<MakeTestModelRequest> RequestFromArguments(const Arguments& args) {
+  MakeTestModelRequest request;
   if (args.Has("arch") == args.Has("config")) return absl::InvalidArgumentError("give one of --arch or --config");
-  model::OpenClipConfig config;
   if (args.Has("arch")) {
-    ANOCLIP_ASSIGN_OR_RETURN(config, model::BuiltinArchitecture(args.String("arch")));
+    ANOCLIP_ASSIGN_OR_RETURN(request.arch, args.Required("arch"));
+    ANOCLIP_RETURN_IF_ERROR(model::BuiltinArchitecture(request.arch).status());
   } else {
-    ANOCLIP_ASSIGN_OR_RETURN(config, model::ReadOpenClipConfig(args.String("config")));
+    ANOCLIP_ASSIGN_OR_RETURN(request.config_path, args.Required("config"));
   }
-  ANOCLIP_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  if (!args.Has("seed")) return absl::InvalidArgumentError("--seed is required");
   ANOCLIP_ASSIGN_OR_RETURN(int64_t seed, args.Int("seed", 0, 0, INT64_MAX));
+  request.seed = static_cast<uint64_t>(seed);
+  ANOCLIP_ASSIGN_OR_RETURN(request.out, args.Required("out"));
+  const std::string format = args.String("format", "safetensors");
+  if (format == "bin") {
+    return absl::InvalidArgumentError("--format bin is not supported: only safetensors weights can be written");
+  }
+  if (format != "safetensors") {
+    return absl::InvalidArgumentError(absl::StrCat("--format must be safetensors; was \"", format, "\""));
+  }
+  if (args.Has("vocab")) {
+    ANOCLIP_ASSIGN_OR_RETURN(request.vocab, args.Required("vocab"));
+  }
+  return request;
+}
 
+absl::Status MakeTestModel(const MakeTestModelRequest& request) {
+  model::OpenClipConfig config;
+  if (!request.arch.empty()) {
+    ANOCLIP_ASSIGN_OR_RETURN(config, model::BuiltinArchitecture(request.arch));
+  } else {
+    ANOCLIP_ASSIGN_OR_RETURN(config, model::ReadOpenClipConfig(request.config_path));
+  }
+  const std::string& out = request.out;
   std::error_code error;
   std::filesystem::create_directories(out, error);
   if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out, ": ", error.message()));
 
-  torch::manual_seed(static_cast<uint64_t>(seed));
-  model::ClipModel model(config);
   io::StateDict weights;
-  for (const auto& item : model->named_parameters()) weights[item.key()] = item.value().detach();
+  try {
+    torch::manual_seed(request.seed);
+    model::ClipModel model(config);
+    for (const auto& item : model->named_parameters()) weights[item.key()] = item.value().detach();
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot build the model: ", e.what_without_backtrace()));
+  }
   ANOCLIP_RETURN_IF_ERROR(io::WriteSafetensors(out + "/open_clip_model.safetensors", weights, {{"format", "pt"}}));
   std::ofstream config_file(out + "/open_clip_config.json", std::ios::trunc);
   config_file << model::OpenClipConfigToJson(config) << "\n";
+  config_file.close();
   if (!config_file) return absl::DataLossError(absl::StrCat("cannot write ", out, "/open_clip_config.json"));
-  if (args.Has("vocab")) {
-    std::filesystem::copy_file(args.String("vocab"), out + "/bpe_simple_vocab_16e6.txt.gz",
+  if (!request.vocab.empty()) {
+    std::filesystem::copy_file(request.vocab, out + "/bpe_simple_vocab_16e6.txt.gz",
                                std::filesystem::copy_options::overwrite_existing, error);
-    if (error) return absl::NotFoundError(absl::StrCat("cannot copy vocabulary: ", error.message()));
+    if (error) return absl::NotFoundError(absl::StrCat("cannot copy vocabulary ", request.vocab, ": ", error.message()));
   }
-  std::cout << "wrote random model (seed " << seed << ", " << weights.size() << " tensors) to " << out
+  std::cout << "wrote random model (seed " << request.seed << ", " << weights.size() << " tensors) to " << out
             << "\nits scores are meaningless: it is for tests and benchmarks\n";
   return absl::OkStatus();
 }
@@ -56,17 +96,16 @@ absl::Status MakeTestModel(const Arguments& args) {
 }  // namespace
 
 int RunMakeTestModelCommand(const std::vector<std::string>& words) {
-  auto args = Arguments::Parse(words, {"arch", "config", "seed", "out", "vocab"}, {"help"});
-  if (!args.ok() || args->Flag("help")) {
-    if (!args.ok()) std::cerr << "anoclip make-test-model: " << args.status().message() << "\n";
-    std::cerr << kUsage;
-    return args.ok() ? 0 : 2;
+  int exit_code = kExitOk;
+  auto args = ParseCommandLine("make-test-model", words, {"arch", "config", "seed", "out", "format", "vocab"}, {},
+                               kUsage, &exit_code);
+  if (!args) return exit_code;
+  auto request = RequestFromArguments(*args);
+  if (!request.ok()) return ReportError("make-test-model", request.status(), kExitUsageError);
+  if (auto status = MakeTestModel(*request); !status.ok()) {
+    return ReportError("make-test-model", status, kExitRuntimeError);
   }
-  if (auto status = MakeTestModel(*args); !status.ok()) {
-    std::cerr << "anoclip make-test-model: " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace anoclip::cli
