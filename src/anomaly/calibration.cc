@@ -3,15 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <sstream>
-
-#include <functional>
+#include <utility>
 
 #include <nlohmann/json.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
+#include "common/status_macros.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -33,11 +31,14 @@ double ScoreScale::Calibrate(double raw) const {
 }
 
 cv::Mat ScoreScale::CalibrateMap(const cv::Mat& raw) const {
-  const double scale = 0.5 / std::max(threshold - median, kMinScale);
+  // Element by element in double, as Calibrate: a pixel exactly at the threshold maps to exactly
+  // 0.5, so the calibrated decision (> 0.5) agrees with the raw one (> threshold).
   cv::Mat out;
-  raw.convertTo(out, CV_32F, scale, 0.5 - threshold * scale);
-  cv::threshold(out, out, 1.0, 1.0, cv::THRESH_TRUNC);
-  cv::threshold(out, out, 0.0, 0.0, cv::THRESH_TOZERO);
+  raw.convertTo(out, CV_32F);
+  for (int y = 0; y < out.rows; ++y) {
+    float* row = out.ptr<float>(y);
+    for (int x = 0; x < out.cols * out.channels(); ++x) row[x] = static_cast<float>(Calibrate(row[x]));
+  }
   return out;
 }
 
@@ -99,63 +100,94 @@ absl::Status SaveCalibration(const std::string& path, const Calibration& c) {
     return nlohmann::ordered_json{{"threshold", s.threshold}, {"median", s.median}, {"max", s.max},
                                   {"samples", s.samples}};
   };
-  nlohmann::ordered_json json{{"format_version", Calibration::kFormatVersion},
-                              {"class", c.class_name},
-                              {"kind", c.kind},
-                              {"model", c.model_id},
-                              {"num_images", c.num_images},
-                              {"image", scale(c.image)},
-                              {"pixel", scale(c.pixel)}};
+  const nlohmann::ordered_json json{{"format_version", Calibration::kFormatVersion},
+                                    {"class", c.class_name},
+                                    {"kind", c.kind},
+                                    {"model", c.model_id},
+                                    {"num_images", c.num_images},
+                                    {"image", scale(c.image)},
+                                    {"pixel", scale(c.pixel)}};
+  // Names come from users: bytes that are not UTF-8 are replaced rather than thrown on.
+  const std::string text = json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
   std::ofstream out(path, std::ios::trunc);
   if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  out << json.dump(2) << "\n";
+  out << text << "\n";
+  out.close();
   return out ? absl::OkStatus() : absl::DataLossError(absl::StrCat("writing ", path, " failed"));
 }
 
+namespace {
+
+using Json = nlohmann::json;
+
+absl::Status FieldError(const std::string& name, const char* expected) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("calibration field \"", name, "\" is missing or is not ", expected));
+}
+
+// The member `key` of `object`, checked with `ok`; `name` is its full path for the message.
+absl::StatusOr<const Json*> Field(const Json& object, const std::string& key, const std::string& name,
+                                  bool (*ok)(const Json&), const char* expected) {
+  const auto it = object.find(key);
+  if (it == object.end() || !ok(*it)) return FieldError(name, expected);
+  return &*it;
+}
+
+bool IsString(const Json& j) { return j.is_string(); }
+bool IsInteger(const Json& j) { return j.is_number_integer(); }
+bool IsObject(const Json& j) { return j.is_object(); }
+bool IsFinite(const Json& j) { return j.is_number() && std::isfinite(j.get<double>()); }
+bool IsCount(const Json& j) { return j.is_number_integer() && j.get<int64_t>() >= 0; }  // 2^63 and up wrap negative
+
+absl::StatusOr<ScoreScale> ParseScale(const Json& json, const std::string& name) {
+  ANOCLIP_ASSIGN_OR_RETURN(const Json* object, Field(json, name, name, IsObject, "an object"));
+  ScoreScale scale;
+  for (auto [key, value] : {std::pair{"threshold", &scale.threshold}, std::pair{"median", &scale.median},
+                            std::pair{"max", &scale.max}}) {
+    ANOCLIP_ASSIGN_OR_RETURN(const Json* field,
+                             Field(*object, key, absl::StrCat(name, ".", key), IsFinite, "a finite number"));
+    *value = field->get<double>();
+  }
+  if (object->contains("samples")) {  // informative only; absent in hand-written files
+    ANOCLIP_ASSIGN_OR_RETURN(const Json* samples,
+                             Field(*object, "samples", name + ".samples", IsCount, "a non-negative integer"));
+    scale.samples = samples->get<int64_t>();
+  }
+  if (scale.median > scale.threshold) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration field \"", name, ".median\" exceeds ", name,
+                                                   ".threshold"));
+  }
+  return scale;
+}
+
+}  // namespace
+
 absl::StatusOr<Calibration> ParseCalibration(const std::string& text) {
-  const auto json = nlohmann::json::parse(text, nullptr, false);
+  const Json json = Json::parse(text, nullptr, false);
   if (json.is_discarded() || !json.is_object()) {
     return absl::InvalidArgumentError("calibration is not a JSON object");
   }
-  auto field = [&](const nlohmann::json& object, const std::string& name, auto check) -> absl::Status {
-    if (!object.contains(name) || !check(object[name])) {
-      return absl::InvalidArgumentError(absl::StrCat("calibration field \"", name, "\" is missing or has the wrong type"));
-    }
-    return absl::OkStatus();
-  };
-  auto is_string = [](const nlohmann::json& j) { return j.is_string(); };
-  auto is_int = [](const nlohmann::json& j) { return j.is_number_integer(); };
-  auto is_object = [](const nlohmann::json& j) { return j.is_object(); };
-  auto is_number = [](const nlohmann::json& j) { return j.is_number() && std::isfinite(j.get<double>()); };
-  for (const auto& [name, check] : std::vector<std::pair<std::string, std::function<bool(const nlohmann::json&)>>>{
-           {"format_version", is_int}, {"class", is_string}, {"kind", is_string}, {"model", is_string},
-           {"num_images", is_int}, {"image", is_object}, {"pixel", is_object}}) {
-    if (auto s = field(json, name, check); !s.ok()) return s;
-  }
-  if (json["format_version"].get<int>() != Calibration::kFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration format_version ", json["format_version"].dump(),
+  ANOCLIP_ASSIGN_OR_RETURN(const Json* version,
+                           Field(json, "format_version", "format_version", IsInteger, "an integer"));
+  if (*version != Calibration::kFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration format_version ", version->dump(),
                                                    " is not supported (expected ", Calibration::kFormatVersion, ")"));
   }
   Calibration c;
-  c.class_name = json["class"];
-  c.kind = json["kind"];
-  c.model_id = json["model"];
-  c.num_images = json["num_images"];
-  for (auto [name, scale] : {std::pair{"image", &c.image}, std::pair{"pixel", &c.pixel}}) {
-    const auto& object = json[name];
-    for (const char* key : {"threshold", "median", "max"}) {
-      if (auto s = field(object, key, is_number); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(name, ".", s.message()));
-      }
-    }
-    scale->threshold = object["threshold"];
-    scale->median = object["median"];
-    scale->max = object["max"];
-    scale->samples = object.value("samples", int64_t{0});
-    if (scale->median > scale->threshold) {
-      return absl::InvalidArgumentError(absl::StrCat("calibration ", name, ".median exceeds its threshold"));
-    }
+  for (auto [key, value] : {std::pair{"class", &c.class_name}, std::pair{"kind", &c.kind},
+                            std::pair{"model", &c.model_id}}) {
+    ANOCLIP_ASSIGN_OR_RETURN(const Json* field, Field(json, key, key, IsString, "a string"));
+    *value = field->get<std::string>();
   }
+  ANOCLIP_ASSIGN_OR_RETURN(const Json* images, Field(json, "num_images", "num_images", IsInteger, "an integer"));
+  if (*images < Calibration::kMinImages || *images > Calibration::kMaxImages) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration field \"num_images\" is ", images->dump(),
+                                                   "; a fit uses ", Calibration::kMinImages, " to ",
+                                                   Calibration::kMaxImages));
+  }
+  c.num_images = images->get<int>();
+  ANOCLIP_ASSIGN_OR_RETURN(c.image, ParseScale(json, "image"));
+  ANOCLIP_ASSIGN_OR_RETURN(c.pixel, ParseScale(json, "pixel"));
   return c;
 }
 

@@ -8,19 +8,10 @@
 #include "absl/strings/str_cat.h"
 
 namespace anoclip::anomaly {
+namespace {
 
-absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const RegionOptions& options) {
-  if (heatmap.empty() || heatmap.type() != CV_32FC1) {
-    return absl::InvalidArgumentError("heatmap must be a non-empty single-channel float32 map");
-  }
-  if (!std::isfinite(options.threshold)) return absl::InvalidArgumentError("region threshold must be finite");
-  if (options.connectivity != 4 && options.connectivity != 8) {
-    return absl::InvalidArgumentError(absl::StrCat("connectivity must be 4 or 8; was ", options.connectivity));
-  }
-  if (options.min_area < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("min_area must be >= 0; was ", options.min_area));
-  }
-  cv::Mat mask = heatmap > options.threshold;
+std::vector<Region> Components(const cv::Mat& heatmap, const RegionOptions& options) {
+  const cv::Mat mask = heatmap > options.threshold;  // NaN pixels are never above
   cv::Mat labels, stats, centroids;
   const int count = cv::connectedComponentsWithStats(mask, labels, stats, centroids, options.connectivity, CV_32S);
   std::vector<Region> regions;
@@ -33,6 +24,8 @@ absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const Re
     region.width = stats.at<int>(label, cv::CC_STAT_WIDTH);
     region.height = stats.at<int>(label, cv::CC_STAT_HEIGHT);
     region.area = area;
+    // Statistics and contour on the component's box only: the other components' pixels in it
+    // are masked out by label.
     const cv::Rect box(region.x, region.y, region.width, region.height);
     const cv::Mat component = labels(box) == label;
     double peak = 0;
@@ -48,8 +41,29 @@ absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const Re
     }
     regions.push_back(std::move(region));
   }
-  std::sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.peak > b.peak; });
+  // Stable: equal peaks keep the labels' raster order, so the output is the same run to run.
+  std::stable_sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.peak > b.peak; });
   return regions;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const RegionOptions& options) {
+  if (heatmap.empty() || heatmap.type() != CV_32FC1) {
+    return absl::InvalidArgumentError("heatmap must be a non-empty single-channel float32 map");
+  }
+  if (!std::isfinite(options.threshold)) return absl::InvalidArgumentError("region threshold must be finite");
+  if (options.connectivity != 4 && options.connectivity != 8) {
+    return absl::InvalidArgumentError(absl::StrCat("connectivity must be 4 or 8; was ", options.connectivity));
+  }
+  if (options.min_area < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("min_area must be >= 0; was ", options.min_area));
+  }
+  try {
+    return Components(heatmap, options);
+  } catch (const cv::Exception& error) {
+    return absl::InternalError(absl::StrCat("finding regions failed: ", error.what()));
+  }
 }
 
 }  // namespace anoclip::anomaly

@@ -1,5 +1,5 @@
 // Defect regions: connected components of a thresholded heatmap (OpenCV), with box, area,
-// peak/mean score and outer contour. Pure OpenCV, no torch.
+// peak/mean score and outer contour. Pure OpenCV, no torch; stateless and thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,11 @@ struct RegionOptions {
   int connectivity = 8;
 };
 
-// `heatmap` is CV_32F single channel. Regions sorted by peak, descending.
+// `heatmap` is CV_32F single channel. Components of the pixels > threshold with the given
+// connectivity; components with area < min_area are dropped; the contour is the largest outer
+// contour (RETR_EXTERNAL) of the component, in heatmap coordinates. Sorted by peak, descending
+// (ties in raster order of the components). InvalidArgument for an empty or non-float map, a
+// non-finite threshold, connectivity other than 4 or 8, or negative min_area.
 absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const RegionOptions& options);
 
 }  // namespace anoclip::anomaly

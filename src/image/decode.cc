@@ -1,7 +1,10 @@
 #include "image/decode.h"
 
-#include <fstream>
-#include <sstream>
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <filesystem>
+#include <system_error>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -21,8 +24,9 @@ absl::Status Truncated(const char* format) {
 
 absl::StatusOr<ImageHeader> PeekPng(const uint8_t* p, size_t n) {
   if (n < 24) return Truncated("PNG");
-  if (std::string(reinterpret_cast<const char*>(p + 12), 4) != "IHDR") {
-    return absl::InvalidArgumentError("PNG does not start with IHDR");
+  // The first chunk must be IHDR: a 13-byte body that starts with width and height.
+  if (BigEndian32(p + 8) != 13 || std::memcmp(p + 12, "IHDR", 4) != 0) {
+    return absl::InvalidArgumentError("PNG does not start with an IHDR chunk");
   }
   return ImageHeader{"png", BigEndian32(p + 16), BigEndian32(p + 20)};
 }
@@ -40,6 +44,8 @@ absl::StatusOr<ImageHeader> PeekJpeg(const uint8_t* p, size_t n) {
       pos += 2;
       continue;
     }
+    // Scan data follows SOS and the image ends at EOI: a frame header must come before both.
+    if (marker == 0xDA || marker == 0xD9) return absl::InvalidArgumentError("JPEG has no frame header");
     const uint16_t length = BigEndian16(p + pos + 2);
     if (length < 2) return absl::InvalidArgumentError("JPEG segment length is invalid");
     const bool start_of_frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
@@ -55,6 +61,12 @@ absl::StatusOr<ImageHeader> PeekJpeg(const uint8_t* p, size_t n) {
 absl::StatusOr<ImageHeader> PeekBmp(const uint8_t* p, size_t n) {
   if (n < 26) return Truncated("BMP");
   const uint32_t info_size = p[14] | (p[15] << 8) | (p[16] << 16) | (uint32_t{p[17]} << 24);
+  // BITMAPCOREHEADER (12), the OS/2 2.x header (16, 64) and BITMAPINFOHEADER with its
+  // extensions (40, 52, 56, 108, 124).
+  if (info_size != 12 && info_size != 16 && info_size != 40 && info_size != 52 && info_size != 56 &&
+      info_size != 64 && info_size != 108 && info_size != 124) {
+    return absl::InvalidArgumentError(absl::StrCat("BMP info header of ", info_size, " bytes is not supported"));
+  }
   if (info_size == 12) {  // OS/2 BITMAPCOREHEADER
     return ImageHeader{"bmp", p[18] | (p[19] << 8), p[20] | (p[21] << 8)};
   }
@@ -71,19 +83,53 @@ absl::StatusOr<ImageHeader> PeekTiff(const uint8_t* p, size_t n) {
   auto u32 = [&](size_t at) -> uint32_t {
     return little ? (p[at] | (p[at + 1] << 8) | (p[at + 2] << 16) | (uint32_t{p[at + 3]} << 24)) : BigEndian32(p + at);
   };
-  const uint32_t ifd = u32(4);
-  if (ifd + 2 > n) return Truncated("TIFF");
-  const uint32_t entries = u16(ifd);
+  const size_t ifd = u32(4);  // size_t: an offset near 2^32 must not wrap past the bounds check
+  if (ifd < 8 || ifd + 2 > n) return Truncated("TIFF");
+  const size_t entries = u16(ifd);
+  if (ifd + 2 + 12 * entries > n) return Truncated("TIFF");
   int64_t width = 0, height = 0;
-  for (uint32_t i = 0; i < entries; ++i) {
-    const size_t entry = ifd + 2 + 12 * size_t{i};
-    if (entry + 12 > n) return Truncated("TIFF");
+  for (size_t i = 0; i < entries; ++i) {
+    const size_t entry = ifd + 2 + 12 * i;
     const uint32_t tag = u16(entry), type = u16(entry + 2);
+    if (tag != 256 && tag != 257) continue;  // ImageWidth, ImageLength
+    if (type != 3 && type != 4) {            // SHORT or LONG, the value stored inline
+      return absl::InvalidArgumentError(absl::StrCat("TIFF tag ", tag, " has type ", type));
+    }
     const uint32_t value = type == 3 ? u16(entry + 8) : u32(entry + 8);
-    if (tag == 256) width = value;
-    if (tag == 257) height = value;
+    (tag == 256 ? width : height) = value;
   }
   return ImageHeader{"tiff", width, height};
+}
+
+// width*height <= max_pixels for positive sides, without forming the product (a header may claim
+// 2^32-1 on both sides), and each side fits the int that cv::Mat takes.
+bool WithinPixelLimit(int64_t width, int64_t height, const ImageLimits& limits) {
+  constexpr int64_t kMaxSide = std::numeric_limits<int>::max();
+  return width <= kMaxSide && height <= kMaxSide && height <= limits.max_pixels / width;
+}
+
+// 8-bit RGB from what imdecode gives with IMREAD_UNCHANGED: BGR(A) or gray(+alpha), any depth.
+absl::StatusOr<cv::Mat> ToRgb8(cv::Mat decoded) {
+  if (decoded.depth() == CV_16U) {
+    decoded.convertTo(decoded, CV_8U, 1.0 / 257.0);
+  } else if (decoded.depth() != CV_8U) {  // e.g. float TIFF: no fixed range, so its own min..max
+    cv::normalize(decoded, decoded, 0, 255, cv::NORM_MINMAX, CV_8U);
+  }
+  cv::Mat rgb;
+  switch (decoded.channels()) {
+    case 1: cv::cvtColor(decoded, rgb, cv::COLOR_GRAY2RGB); break;
+    case 2: {  // gray + alpha
+      cv::Mat gray;
+      cv::extractChannel(decoded, gray, 0);
+      cv::cvtColor(gray, rgb, cv::COLOR_GRAY2RGB);
+      break;
+    }
+    case 3: cv::cvtColor(decoded, rgb, cv::COLOR_BGR2RGB); break;
+    case 4: cv::cvtColor(decoded, rgb, cv::COLOR_BGRA2RGB); break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("images with ", decoded.channels(), " channels are not supported"));
+  }
+  return rgb;
 }
 
 }  // namespace
@@ -111,44 +157,40 @@ absl::StatusOr<ImageHeader> PeekImageHeader(std::string_view bytes) {
 }
 
 absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& limits) {
-  if (static_cast<int64_t>(bytes.size()) > limits.max_bytes) {
+  // OpenCV takes the buffer's length as an int.
+  const int64_t max_bytes = std::min<int64_t>(limits.max_bytes, std::numeric_limits<int>::max());
+  if (static_cast<int64_t>(bytes.size()) > max_bytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("image is ", bytes.size(), " bytes; the limit is ", limits.max_bytes));
+        absl::StrCat("image is ", bytes.size(), " bytes; the limit is ", max_bytes));
   }
   auto header = PeekImageHeader(bytes);
   if (!header.ok()) return header.status();
   // Checked before OpenCV allocates the pixel buffer.
-  if (header->width * header->height > limits.max_pixels) {
+  if (!WithinPixelLimit(header->width, header->height, limits)) {
     return absl::InvalidArgumentError(absl::StrCat("image is ", header->width, "x", header->height,
                                                    "; the limit is ", limits.max_pixels, " pixels"));
   }
-  cv::Mat decoded;
   try {
-    cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
-    decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
+    cv::Mat decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+    if (decoded.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot decode ", header->format, " image (corrupt or truncated)"));
+    }
+    return ToRgb8(decoded);
   } catch (const cv::Exception& error) {
     return absl::InvalidArgumentError(absl::StrCat("cannot decode ", header->format, ": ", error.what()));
   }
-  if (decoded.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot decode ", header->format, " image (corrupt or truncated)"));
-  }
-  if (decoded.depth() == CV_16U) {
-    decoded.convertTo(decoded, CV_8U, 1.0 / 257.0);
-  } else if (decoded.depth() != CV_8U) {
-    cv::normalize(decoded, decoded, 0, 255, cv::NORM_MINMAX, CV_8U);
-  }
-  cv::Mat rgb;
-  switch (decoded.channels()) {
-    case 1: cv::cvtColor(decoded, rgb, cv::COLOR_GRAY2RGB); break;
-    case 3: cv::cvtColor(decoded, rgb, cv::COLOR_BGR2RGB); break;
-    case 4: cv::cvtColor(decoded, rgb, cv::COLOR_BGRA2RGB); break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("images with ", decoded.channels(), " channels are not supported"));
-  }
-  return rgb;
 }
 
 absl::StatusOr<cv::Mat> ReadImageFile(const std::string& path, const ImageLimits& limits) {
+  // Refuse an oversized file before reading it into memory.
+  std::error_code error;
+  const auto size = std::filesystem::file_size(path, error);
+  if (!error && size > static_cast<uintmax_t>(limits.max_bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": image is ", size, " bytes; the limit is ", limits.max_bytes));
+  }
   auto bytes = ReadFileToString(path);
   if (!bytes.ok()) return absl::NotFoundError(absl::StrCat("cannot read image ", path));
   auto image = DecodeImage(*bytes, limits);
@@ -167,8 +209,7 @@ absl::StatusOr<cv::Mat> ImageFromRawTensor(std::string_view data, const std::vec
   if (channels != 1 && channels != 3 && channels != 4) {
     return absl::InvalidArgumentError(absl::StrCat("raw tensor must have 1, 3 or 4 channels; has ", channels));
   }
-  if (height <= 0 || width <= 0 || height > limits.max_pixels || width > limits.max_pixels ||
-      height * width > limits.max_pixels) {
+  if (height <= 0 || width <= 0 || !WithinPixelLimit(width, height, limits)) {
     return absl::InvalidArgumentError(absl::StrCat("raw tensor is ", width, "x", height, "; the limit is ",
                                                    limits.max_pixels, " pixels"));
   }
@@ -176,27 +217,31 @@ absl::StatusOr<cv::Mat> ImageFromRawTensor(std::string_view data, const std::vec
     return absl::InvalidArgumentError(absl::StrCat("raw tensor holds ", data.size(), " bytes; shape needs ",
                                                    height * width * channels));
   }
-  const int type = CV_8UC(static_cast<int>(channels));
-  cv::Mat hwc;
-  if (layout == TensorLayout::kHWC) {
-    hwc = cv::Mat(static_cast<int>(height), static_cast<int>(width), type, const_cast<char*>(data.data())).clone();
-  } else {
-    std::vector<cv::Mat> planes;
-    for (int64_t c = 0; c < channels; ++c) {
-      planes.emplace_back(static_cast<int>(height), static_cast<int>(width), CV_8U,
-                          const_cast<char*>(data.data() + c * height * width));
+  try {
+    const int type = CV_8UC(static_cast<int>(channels));
+    cv::Mat hwc;
+    if (layout == TensorLayout::kHWC) {
+      hwc = cv::Mat(static_cast<int>(height), static_cast<int>(width), type, const_cast<char*>(data.data())).clone();
+    } else {
+      std::vector<cv::Mat> planes;
+      for (int64_t c = 0; c < channels; ++c) {
+        planes.emplace_back(static_cast<int>(height), static_cast<int>(width), CV_8U,
+                            const_cast<char*>(data.data() + c * height * width));
+      }
+      cv::merge(planes, hwc);
     }
-    cv::merge(planes, hwc);
+    cv::Mat rgb;
+    if (channels == 1) {
+      cv::cvtColor(hwc, rgb, cv::COLOR_GRAY2RGB);
+    } else if (channels == 4) {
+      cv::cvtColor(hwc, rgb, cv::COLOR_RGBA2RGB);
+    } else {
+      rgb = hwc;
+    }
+    return rgb;
+  } catch (const cv::Exception& error) {
+    return absl::InternalError(absl::StrCat("cannot convert the raw tensor: ", error.what()));
   }
-  cv::Mat rgb;
-  if (channels == 1) {
-    cv::cvtColor(hwc, rgb, cv::COLOR_GRAY2RGB);
-  } else if (channels == 4) {
-    cv::cvtColor(hwc, rgb, cv::COLOR_RGBA2RGB);
-  } else {
-    rgb = hwc;
-  }
-  return rgb;
 }
 
 }  // namespace anoclip::image

@@ -1,5 +1,8 @@
 // Image decoding with limits checked before any pixel buffer is allocated.
-// PNG, JPEG, BMP and TIFF (via OpenCV); gray is replicated, alpha dropped, 16-bit scaled to 8-bit.
+// PNG, JPEG, BMP and TIFF (via OpenCV); gray is replicated, alpha dropped, 16-bit scaled to 8-bit
+// (v / 257), other depths (float TIFF) scaled from their own min..max. Other formats are refused.
+// The size is read from the header by hand first, so a small file that claims 100000x100000 is
+// refused without OpenCV allocating anything. All functions are stateless and thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -24,19 +27,22 @@ struct ImageHeader {
   int64_t height = 0;
 };
 
-// Reads only the format's header: InvalidArgument for unknown formats, truncated headers,
-// zero sizes.
+// Reads only the format's header (PNG IHDR, the first JPEG SOFn, BMP info header with
+// negative height for top-down, the first TIFF IFD): InvalidArgument for unknown formats,
+// truncated headers, zero sizes.
 absl::StatusOr<ImageHeader> PeekImageHeader(std::string_view bytes);
 
 // Decodes to CV_8UC3 in RGB order. InvalidArgument on empty/corrupt/oversized input.
 absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& limits = {});
 
-// Reads a file then DecodeImage. NotFound if it cannot be read.
+// Reads a file then DecodeImage. NotFound if it cannot be read; InvalidArgument, before reading,
+// if it is larger than limits.max_bytes.
 absl::StatusOr<cv::Mat> ReadImageFile(const std::string& path, const ImageLimits& limits = {});
 
 enum class TensorLayout { kHWC, kCHW };
 
-// A raw uint8 tensor with shape (H,W,C) or (C,H,W), C in {1,3,4}, to RGB CV_8UC3.
+// A raw uint8 tensor with shape (H,W,C) or (C,H,W), C in {1,3,4} (gray, RGB, RGBA), to RGB
+// CV_8UC3. Shape, pixel limit and byte count are checked before anything is allocated.
 absl::StatusOr<cv::Mat> ImageFromRawTensor(std::string_view data, const std::vector<int64_t>& shape,
                                            TensorLayout layout, const ImageLimits& limits = {});
 

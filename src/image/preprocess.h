@@ -15,7 +15,10 @@ struct NormalizeOptions {
   std::array<float, 3> std = {0.26862954f, 0.26130258f, 0.27577711f};
 };
 
-// `rgb` is CV_8UC3 in RGB order.
+// `rgb` is CV_8UC3 in RGB order (what DecodeImage and ImageFromRawTensor return), image_size > 0.
+// Shrinking uses OpenCV INTER_AREA, the filter closest to PIL's anti-aliased BILINEAR (within the
+// reference tolerance; INTER_LINEAR is not); enlarging uses INTER_LINEAR; S×S input is not
+// resized. Stateless and thread-safe.
 at::Tensor PreprocessImage(const cv::Mat& rgb, int image_size, const NormalizeOptions& options);
 
 }  // namespace anoclip::image

@@ -1,5 +1,7 @@
 #include "image/render.h"
 
+#include <cstdio>
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -29,8 +31,10 @@ cv::Mat HeatmapToGray(const cv::Mat& heatmap, float low, float high) {
 
 cv::Mat RenderOverlay(const cv::Mat& rgb, const cv::Mat& gray, double alpha,
                       const std::vector<std::vector<cv::Point>>& contours) {
+  cv::Mat fitted = gray;
+  if (gray.size() != rgb.size()) cv::resize(gray, fitted, rgb.size(), 0, 0, cv::INTER_LINEAR);
   cv::Mat colored_bgr, colored;
-  cv::applyColorMap(gray, colored_bgr, cv::COLORMAP_JET);
+  cv::applyColorMap(fitted, colored_bgr, cv::COLORMAP_JET);  // OpenCV colour maps are BGR
   cv::cvtColor(colored_bgr, colored, cv::COLOR_BGR2RGB);
   cv::Mat overlay;
   cv::addWeighted(rgb, 1.0 - alpha, colored, alpha, 0.0, overlay);
@@ -39,8 +43,16 @@ cv::Mat RenderOverlay(const cv::Mat& rgb, const cv::Mat& gray, double alpha,
 }
 
 absl::StatusOr<std::string> EncodePng(const cv::Mat& image) {
-  cv::Mat bgr = image;
-  if (image.channels() == 3) cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
+  if (image.empty() || image.depth() != CV_8U || (image.channels() != 1 && image.channels() != 3)) {
+    return absl::InvalidArgumentError("PNG encoding takes a non-empty 8-bit gray or RGB image");
+  }
+  // A fresh matrix: converting into a copy of `image`'s header would swap the caller's pixels.
+  cv::Mat bgr;
+  if (image.channels() == 3) {
+    cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
+  } else {
+    bgr = image;
+  }
   std::vector<uchar> bytes;
   try {
     if (!cv::imencode(".png", bgr, bytes)) return absl::InternalError("PNG encoding failed");

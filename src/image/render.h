@@ -1,4 +1,6 @@
 // Heatmap rendering: resize to the caller's size, grayscale PNG, JET colour overlay, PNG encode.
+// Every image here is in RGB order; the BGR of OpenCV's colour maps and codecs stays inside.
+// Stateless and thread-safe.
 #pragma once
 
 #include <string>
@@ -17,12 +19,13 @@ cv::Mat ResizeHeatmap(const cv::Mat& heatmap, int width, int height);
 // min..max (a flat map renders black).
 cv::Mat HeatmapToGray(const cv::Mat& heatmap, float low, float high);
 
-// JET colour map of `gray` (CV_8U) blended over `rgb` (CV_8UC3, same size) with `alpha`,
-// and the given contours (image coordinates) drawn in white. Returns RGB CV_8UC3.
+// JET colour map of `gray` (CV_8U; resized to `rgb` if its size differs) blended over `rgb`
+// (CV_8UC3) as (1-alpha)*rgb + alpha*colour, and the given contours (image coordinates) drawn
+// in white, 2 px. Returns RGB CV_8UC3 of rgb's size.
 cv::Mat RenderOverlay(const cv::Mat& rgb, const cv::Mat& gray, double alpha,
                       const std::vector<std::vector<cv::Point>>& contours = {});
 
-// PNG bytes of a CV_8U (gray) or CV_8UC3 (RGB order) image.
+// PNG bytes of a CV_8U (gray) or CV_8UC3 (RGB order) image; InvalidArgument for anything else.
 absl::StatusOr<std::string> EncodePng(const cv::Mat& image);
 absl::Status WritePng(const std::string& path, const cv::Mat& image);
 

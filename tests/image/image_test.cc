@@ -1,7 +1,14 @@
-// Decoding with limits, preprocessing against the reference, rendering.
+// Decoding with limits, preprocessing against the reference, rendering. Every encoded image is
+// made here with cv::imencode (or by hand for headers OpenCV does not write).
 #include <ATen/ATen.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -14,12 +21,15 @@
 namespace anoclip::image {
 namespace {
 
-std::string Encode(const cv::Mat& image, const std::string& ext) {
+using ::testing::HasSubstr;
+
+std::string Encode(const cv::Mat& image, const std::string& ext, const std::vector<int>& params = {}) {
   std::vector<uchar> bytes;
-  EXPECT_TRUE(cv::imencode(ext, image, bytes));
+  EXPECT_TRUE(cv::imencode(ext, image, bytes, params)) << ext;
   return std::string(bytes.begin(), bytes.end());
 }
 
+// BGR, as OpenCV writes it: blue = x, green = y, red = 100.
 cv::Mat Gradient(int width, int height) {
   cv::Mat bgr(height, width, CV_8UC3);
   for (int y = 0; y < height; ++y) {
@@ -28,126 +38,484 @@ cv::Mat Gradient(int width, int height) {
   return bgr;
 }
 
+uint32_t Le32(const std::string& bytes, size_t at) {
+  uint32_t value;
+  std::memcpy(&value, bytes.data() + at, 4);
+  return value;  // the test machine is little-endian, as the formats that use this
+}
+
+void PutBe32(std::string& bytes, size_t at, uint32_t value) {
+  for (int i = 0; i < 4; ++i) bytes[at + i] = static_cast<char>(value >> (24 - 8 * i));
+}
+
+// PNG signature and an IHDR chunk (CRC left zero: only the header is read before the limits).
+std::string PngHeader(uint32_t width, uint32_t height) {
+  std::string png("\x89PNG\r\n\x1a\n", 8);
+  png += std::string("\0\0\0\x0dIHDR", 8);
+  png += std::string(8, '\0');
+  PutBe32(png, 16, width);
+  PutBe32(png, 20, height);
+  png += std::string("\x08\x02\0\0\0", 5);  // 8-bit RGB
+  png += std::string(4, '\0');
+  return png;
+}
+
+// A TIFF header with one IFD of ImageWidth/ImageLength entries; `big` writes "MM" byte order.
+std::string TiffHeader(bool big, uint16_t width_type, uint32_t width, uint16_t height_type, uint32_t height) {
+  std::string tiff;
+  auto u16 = [&](uint16_t v) {
+    const char b[2] = {static_cast<char>(big ? v >> 8 : v & 0xFF), static_cast<char>(big ? v & 0xFF : v >> 8)};
+    tiff.append(b, 2);
+  };
+  auto u32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) tiff += static_cast<char>(v >> (big ? 24 - 8 * i : 8 * i));
+  };
+  auto entry = [&](uint16_t tag, uint16_t type, uint32_t value) {
+    u16(tag);
+    u16(type);
+    u32(1);
+    if (type == 3) {  // a SHORT sits in the first two bytes of the value field
+      u16(static_cast<uint16_t>(value));
+      u16(0);
+    } else {
+      u32(value);
+    }
+  };
+  tiff += big ? "MM" : "II";
+  u16(42);
+  u32(8);
+  u16(3);
+  entry(254, 4, 0);  // NewSubfileType, skipped
+  entry(256, width_type, width);
+  entry(257, height_type, height);
+  u32(0);
+  return tiff;
+}
+
+TEST(PeekImageHeaderTest, ReadsEveryFormatsSize) {
+  const cv::Mat bgr = Gradient(37, 21);
+  const std::vector<std::pair<std::string, std::string>> encoded = {
+      {"png", Encode(bgr, ".png")},
+      {"jpeg", Encode(bgr, ".jpg")},
+      {"jpeg", Encode(bgr, ".jpg", {cv::IMWRITE_JPEG_PROGRESSIVE, 1})},  // SOF2
+      {"bmp", Encode(bgr, ".bmp")},
+      {"tiff", Encode(bgr, ".tiff")},
+  };
+  for (const auto& [format, bytes] : encoded) {
+    auto header = PeekImageHeader(bytes);
+    ASSERT_TRUE(header.ok()) << format << ": " << header.status();
+    EXPECT_EQ(header->format, format);
+    EXPECT_EQ(header->width, 37) << format;
+    EXPECT_EQ(header->height, 21) << format;
+  }
+}
+
+TEST(PeekImageHeaderTest, TiffInBothByteOrdersWithShortAndLongSizes) {
+  for (bool big : {false, true}) {
+    SCOPED_TRACE(big ? "MM" : "II");
+    auto header = PeekImageHeader(TiffHeader(big, 3, 291, 4, 65536));
+    ASSERT_TRUE(header.ok()) << header.status();
+    EXPECT_EQ(header->format, "tiff");
+    EXPECT_EQ(header->width, 291);
+    EXPECT_EQ(header->height, 65536);
+    EXPECT_THAT(PeekImageHeader(TiffHeader(big, 2, 291, 4, 10)).status().message(), HasSubstr("type 2"));
+  }
+}
+
+TEST(PeekImageHeaderTest, HugeAndHostileHeaders) {
+  auto huge = PeekImageHeader(PngHeader(100000, 100000));
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_EQ(huge->width, 100000);
+  EXPECT_EQ(huge->height, 100000);
+
+  std::string tiff_far_ifd = TiffHeader(false, 3, 10, 3, 10);
+  std::memcpy(tiff_far_ifd.data() + 4, "\xff\xff\xff\xff", 4);  // must not wrap past the bounds check
+  std::string tiff_many_entries = TiffHeader(false, 3, 10, 3, 10);
+  tiff_many_entries[8] = '\xff';
+  const std::string jpeg = Encode(Gradient(16, 16), ".jpg");
+  std::string jpeg_long_segment = jpeg;
+  jpeg_long_segment[4] = '\xff';  // APP0 length runs past the end
+  jpeg_long_segment[5] = '\xff';
+  std::string jpeg_scan_first = jpeg.substr(0, 2) + std::string("\xff\xda\x00\x02", 4) + jpeg.substr(2);
+  std::string bmp_odd_info = Encode(Gradient(4, 4), ".bmp");
+  bmp_odd_info[14] = 7;
+  std::string png_not_ihdr = PngHeader(10, 10);
+  std::memcpy(png_not_ihdr.data() + 12, "IDAT", 4);
+
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"empty", ""},
+      {"random", "\x13\x99\x01\x42 random bytes that are no image"},
+      {"gif", "GIF89a\x10\x00\x10\x00"},
+      {"png signature only", PngHeader(10, 10).substr(0, 8)},
+      {"png cut in IHDR", PngHeader(10, 10).substr(0, 20)},
+      {"png 0x0", PngHeader(0, 0)},
+      {"png 0 wide", PngHeader(0, 10)},
+      {"png without IHDR", png_not_ihdr},
+      {"jpeg SOI only", "\xff\xd8\xff"},
+      {"jpeg cut", jpeg.substr(0, 30)},
+      {"jpeg segment past the end", jpeg_long_segment},
+      {"jpeg scan before frame", jpeg_scan_first},
+      {"jpeg garbage marker", std::string("\xff\xd8\xff\xe0\x00\x04\x00\x00\x12\x34\x56\x78", 12)},
+      {"bmp cut", Encode(Gradient(4, 4), ".bmp").substr(0, 20)},
+      {"bmp unknown info header", bmp_odd_info},
+      {"tiff magic only", std::string("II*\0", 4)},
+      {"tiff far IFD", tiff_far_ifd},
+      {"tiff entries past the end", tiff_many_entries},
+      {"tiff without sizes", TiffHeader(false, 3, 0, 3, 0)},
+  };
+  for (const auto& [name, bytes] : cases) {
+    EXPECT_EQ(PeekImageHeader(bytes).status().code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_EQ(DecodeImage(bytes).status().code(), absl::StatusCode::kInvalidArgument) << name;
+  }
+}
+
 TEST(DecodeTest, EveryFormatDecodesToRgbAtItsSize) {
   const cv::Mat bgr = Gradient(37, 21);
   for (const std::string ext : {".png", ".bmp", ".tiff", ".jpg"}) {
     SCOPED_TRACE(ext);
-    const std::string bytes = Encode(bgr, ext);
-    auto header = PeekImageHeader(bytes);
-    ASSERT_TRUE(header.ok()) << header.status();
-    EXPECT_EQ(header->width, 37);
-    EXPECT_EQ(header->height, 21);
-    auto rgb = DecodeImage(bytes);
+    auto rgb = DecodeImage(Encode(bgr, ext));
     ASSERT_TRUE(rgb.ok()) << rgb.status();
     EXPECT_EQ(rgb->type(), CV_8UC3);
     EXPECT_EQ(rgb->size(), cv::Size(37, 21));
-    if (ext != ".jpg") {  // lossless: the channels come back swapped to RGB
-      EXPECT_EQ(rgb->at<cv::Vec3b>(3, 30), cv::Vec3b(100, 3, 30));
+    if (ext == ".jpg") {  // lossy: close, in RGB order
+      const cv::Vec3b pixel = rgb->at<cv::Vec3b>(3, 30);
+      EXPECT_NEAR(pixel[0], 100, 12);
+      EXPECT_NEAR(pixel[1], 3, 12);
+      EXPECT_NEAR(pixel[2], 30, 12);
+    } else {  // lossless: every pixel back, channels swapped to RGB
+      cv::Mat expected;
+      cv::cvtColor(bgr, expected, cv::COLOR_BGR2RGB);
+      EXPECT_EQ(cv::norm(*rgb, expected, cv::NORM_INF), 0);
     }
   }
 }
 
 TEST(DecodeTest, GrayAlphaAndSixteenBitAreConverted) {
-  cv::Mat gray(10, 12, CV_8U, cv::Scalar(77));
-  auto from_gray = DecodeImage(Encode(gray, ".png"));
-  ASSERT_TRUE(from_gray.ok());
-  EXPECT_EQ(from_gray->at<cv::Vec3b>(5, 5), cv::Vec3b(77, 77, 77));
-
-  cv::Mat bgra(10, 12, CV_8UC4, cv::Scalar(10, 20, 30, 0));
-  auto from_alpha = DecodeImage(Encode(bgra, ".png"));
-  ASSERT_TRUE(from_alpha.ok());
-  EXPECT_EQ(from_alpha->at<cv::Vec3b>(0, 0), cv::Vec3b(30, 20, 10));
-
-  cv::Mat deep(8, 8, CV_16UC3, cv::Scalar(65535, 257 * 128, 0));
-  auto from_deep = DecodeImage(Encode(deep, ".png"));
-  ASSERT_TRUE(from_deep.ok());
-  EXPECT_EQ(from_deep->at<cv::Vec3b>(1, 1), cv::Vec3b(0, 128, 255));
-}
-
-TEST(DecodeTest, BadInputsAreInvalidArgument) {
-  const std::string png = Encode(Gradient(40, 40), ".png");
-  // A PNG signature and IHDR claiming 100000x100000: refused from the header alone.
-  std::string huge = png.substr(0, 33);
-  const uint8_t size[8] = {0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0};
-  std::memcpy(huge.data() + 16, size, 8);
-  std::string zero = png.substr(0, 33);
-  std::memset(zero.data() + 16, 0, 8);
-  const std::vector<std::pair<std::string, std::string>> cases = {
-      {"empty", ""},
-      {"random", "\x13\x99\x01\x42 random bytes that are no image"},
-      {"truncated png", png.substr(0, png.size() / 2)},
-      {"png header only", png.substr(0, 20)},
-      {"zero size", zero},
-      {"huge header", huge},
-      {"truncated jpeg", Encode(Gradient(40, 40), ".jpg").substr(0, 30)},
-  };
-  for (const auto& [name, bytes] : cases) {
-    auto result = DecodeImage(bytes);
-    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << name << ": " << result.status();
+  const cv::Mat gray(10, 12, CV_8U, cv::Scalar(77));
+  for (const std::string ext : {".png", ".bmp", ".tiff", ".jpg"}) {
+    auto from_gray = DecodeImage(Encode(gray, ext));
+    ASSERT_TRUE(from_gray.ok()) << ext << ": " << from_gray.status();
+    EXPECT_EQ(from_gray->type(), CV_8UC3) << ext;
+    const cv::Vec3b pixel = from_gray->at<cv::Vec3b>(5, 5);
+    EXPECT_EQ(pixel[0], pixel[1]) << ext;
+    EXPECT_EQ(pixel[0], pixel[2]) << ext;
+    EXPECT_NEAR(pixel[0], 77, ext == ".jpg" ? 2 : 0) << ext;
   }
-  ImageLimits small;
-  small.max_pixels = 100;
-  EXPECT_EQ(DecodeImage(png, small).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ReadImageFile("/nonexistent.png").status().code(), absl::StatusCode::kNotFound);
+
+  const cv::Mat bgra(10, 12, CV_8UC4, cv::Scalar(10, 20, 30, 0));  // fully transparent: alpha dropped
+  for (const std::string ext : {".png", ".tiff"}) {
+    auto from_alpha = DecodeImage(Encode(bgra, ext));
+    ASSERT_TRUE(from_alpha.ok()) << ext << ": " << from_alpha.status();
+    EXPECT_EQ(from_alpha->type(), CV_8UC3);
+    EXPECT_EQ(from_alpha->at<cv::Vec3b>(0, 0), cv::Vec3b(30, 20, 10)) << ext;
+  }
+
+  // 16-bit: v / 257, so 65535 -> 255, 257*128 -> 128.
+  const cv::Mat deep(8, 8, CV_16UC3, cv::Scalar(65535, 257 * 128, 0));
+  for (const std::string ext : {".png", ".tiff"}) {
+    auto from_deep = DecodeImage(Encode(deep, ext));
+    ASSERT_TRUE(from_deep.ok()) << ext << ": " << from_deep.status();
+    EXPECT_EQ(from_deep->type(), CV_8UC3);
+    EXPECT_EQ(from_deep->at<cv::Vec3b>(1, 1), cv::Vec3b(0, 128, 255)) << ext;
+  }
+  const cv::Mat deep_gray(8, 8, CV_16U, cv::Scalar(257 * 200));
+  auto from_deep_gray = DecodeImage(Encode(deep_gray, ".png"));
+  ASSERT_TRUE(from_deep_gray.ok());
+  EXPECT_EQ(from_deep_gray->at<cv::Vec3b>(7, 7), cv::Vec3b(200, 200, 200));
 }
 
-TEST(DecodeTest, RawTensorsInBothLayouts) {
-  std::string hwc(2 * 3 * 3, '\0');
-  for (size_t i = 0; i < hwc.size(); ++i) hwc[i] = static_cast<char>(i);
-  auto image = ImageFromRawTensor(hwc, {2, 3, 3}, TensorLayout::kHWC);
-  ASSERT_TRUE(image.ok());
-  EXPECT_EQ(image->at<cv::Vec3b>(1, 2), cv::Vec3b(15, 16, 17));
-  auto chw = ImageFromRawTensor(hwc, {3, 2, 3}, TensorLayout::kCHW);
-  ASSERT_TRUE(chw.ok());
+TEST(DecodeTest, TopDownBmpHasPositiveHeightAndItsRowsInOrder) {
+  const cv::Mat bgr = Gradient(7, 5);
+  std::string bmp = Encode(bgr, ".bmp");
+  ASSERT_EQ(Le32(bmp, 14), 40u);  // BITMAPINFOHEADER
+  ASSERT_EQ(static_cast<int32_t>(Le32(bmp, 22)), 5);
+  // Flip the stored rows (bottom-up -> top-down) and negate the height.
+  const size_t offset = Le32(bmp, 10), row = (7 * 3 + 3) / 4 * 4;
+  std::string flipped = bmp;
+  for (size_t y = 0; y < 5; ++y) {
+    std::memcpy(flipped.data() + offset + y * row, bmp.data() + offset + (4 - y) * row, row);
+  }
+  const int32_t negative = -5;
+  std::memcpy(flipped.data() + 22, &negative, 4);
+
+  auto header = PeekImageHeader(flipped);
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->height, 5);
+  auto rgb = DecodeImage(flipped);
+  ASSERT_TRUE(rgb.ok()) << rgb.status();
+  cv::Mat expected;
+  cv::cvtColor(bgr, expected, cv::COLOR_BGR2RGB);
+  EXPECT_EQ(cv::norm(*rgb, expected, cv::NORM_INF), 0);
+}
+
+TEST(DecodeTest, LimitsAreCheckedFromTheHeaderBeforeDecoding) {
+  // 100000x100000 in a 33-byte file: refused for its size, not for being undecodable.
+  auto huge = DecodeImage(PngHeader(100000, 100000));
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(huge.status().message(), HasSubstr("100000x100000; the limit is 50000000 pixels"));
+  // 2^32-1 on both sides: the product overflows int64 if formed naively.
+  auto widest = DecodeImage(PngHeader(0xFFFFFFFF, 0xFFFFFFFF));
+  EXPECT_THAT(widest.status().message(), HasSubstr("the limit is"));
+  auto tall = DecodeImage(TiffHeader(true, 4, 1, 4, 0xFFFFFFFF));
+  EXPECT_THAT(tall.status().message(), HasSubstr("the limit is"));
+
+  const std::string png = Encode(Gradient(40, 40), ".png");
+  ImageLimits pixels;
+  pixels.max_pixels = 40 * 40 - 1;
+  EXPECT_THAT(DecodeImage(png, pixels).status().message(), HasSubstr("40x40; the limit is 1599 pixels"));
+  pixels.max_pixels = 40 * 40;
+  EXPECT_TRUE(DecodeImage(png, pixels).ok());
+  ImageLimits bytes;
+  bytes.max_bytes = static_cast<int64_t>(png.size()) - 1;
+  EXPECT_THAT(DecodeImage(png, bytes).status().message(), HasSubstr("bytes; the limit is"));
+}
+
+TEST(DecodeTest, TruncatedAndCorruptInputIsInvalidArgumentNeverACrash) {
+  const cv::Mat bgr = Gradient(23, 17);
+  for (const std::string ext : {".png", ".bmp", ".tiff", ".jpg"}) {
+    const std::string bytes = Encode(bgr, ext);
+    for (size_t length = 0; length < bytes.size(); length += 1 + bytes.size() / 150) {
+      auto result = DecodeImage(bytes.substr(0, length));
+      if (ext == ".jpg" && result.ok()) continue;  // libjpeg fills a cut-off scan with gray
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << ext << " cut at " << length;
+    }
+    // Random bytes after each valid header.
+    std::mt19937 random(7);
+    for (int trial = 0; trial < 40; ++trial) {
+      std::string corrupt = bytes;
+      const size_t keep = 8 + random() % 40;
+      for (size_t i = keep; i < corrupt.size(); ++i) corrupt[i] = static_cast<char>(random());
+      auto result = DecodeImage(corrupt);
+      if (result.ok()) {
+        EXPECT_EQ(result->type(), CV_8UC3);
+      } else {
+        EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << ext << ": " << result.status();
+      }
+    }
+  }
+  // A PNG whose first half is all there: the data stream ends early.
+  const std::string png = Encode(bgr, ".png");
+  EXPECT_THAT(DecodeImage(png.substr(0, png.size() / 2)).status().message(), HasSubstr("corrupt or truncated"));
+}
+
+TEST(DecodeTest, ReadImageFile) {
+  const std::string path = ::testing::TempDir() + "/read_image_file.png";
+  const std::string png = Encode(Gradient(9, 4), ".png");
+  std::ofstream(path, std::ios::binary) << png;
+  auto rgb = ReadImageFile(path);
+  ASSERT_TRUE(rgb.ok()) << rgb.status();
+  EXPECT_EQ(rgb->size(), cv::Size(9, 4));
+  ImageLimits limits;
+  limits.max_bytes = 10;
+  auto too_big = ReadImageFile(path, limits);
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_big.status().message(), HasSubstr(path));
+  EXPECT_EQ(ReadImageFile("/nonexistent.png").status().code(), absl::StatusCode::kNotFound);
+  const std::string bad = ::testing::TempDir() + "/not_an_image.png";
+  std::ofstream(bad) << "hello";
+  auto not_image = ReadImageFile(bad);
+  EXPECT_EQ(not_image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(not_image.status().message(), HasSubstr(bad));
+}
+
+TEST(RawTensorTest, EveryLayoutAndChannelCount) {
+  std::string data(2 * 3 * 4, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i);
+
+  auto rgb = ImageFromRawTensor(data.substr(0, 18), {2, 3, 3}, TensorLayout::kHWC);
+  ASSERT_TRUE(rgb.ok()) << rgb.status();
+  EXPECT_EQ(rgb->size(), cv::Size(3, 2));
+  EXPECT_EQ(rgb->at<cv::Vec3b>(1, 2), cv::Vec3b(15, 16, 17));
+  auto chw = ImageFromRawTensor(data.substr(0, 18), {3, 2, 3}, TensorLayout::kCHW);
+  ASSERT_TRUE(chw.ok()) << chw.status();
   EXPECT_EQ(chw->at<cv::Vec3b>(0, 1), cv::Vec3b(1, 7, 13));
-  EXPECT_FALSE(ImageFromRawTensor(hwc, {2, 3}, TensorLayout::kHWC).ok());
-  EXPECT_FALSE(ImageFromRawTensor(hwc, {2, 3, 2}, TensorLayout::kHWC).ok());
-  EXPECT_FALSE(ImageFromRawTensor(hwc, {3, 3, 3}, TensorLayout::kHWC).ok());
-  EXPECT_FALSE(ImageFromRawTensor(hwc, {0, 3, 3}, TensorLayout::kHWC).ok());
+
+  auto rgba = ImageFromRawTensor(data, {2, 3, 4}, TensorLayout::kHWC);  // alpha dropped
+  ASSERT_TRUE(rgba.ok()) << rgba.status();
+  EXPECT_EQ(rgba->type(), CV_8UC3);
+  EXPECT_EQ(rgba->at<cv::Vec3b>(1, 0), cv::Vec3b(12, 13, 14));
+  auto rgba_chw = ImageFromRawTensor(data, {4, 2, 3}, TensorLayout::kCHW);
+  ASSERT_TRUE(rgba_chw.ok()) << rgba_chw.status();
+  EXPECT_EQ(rgba_chw->at<cv::Vec3b>(1, 2), cv::Vec3b(5, 11, 17));
+
+  auto gray = ImageFromRawTensor(data.substr(0, 6), {2, 3, 1}, TensorLayout::kHWC);
+  ASSERT_TRUE(gray.ok()) << gray.status();
+  EXPECT_EQ(gray->type(), CV_8UC3);
+  EXPECT_EQ(gray->at<cv::Vec3b>(1, 1), cv::Vec3b(4, 4, 4));
+  auto gray_chw = ImageFromRawTensor(data.substr(0, 6), {1, 2, 3}, TensorLayout::kCHW);
+  ASSERT_TRUE(gray_chw.ok());
+  EXPECT_EQ(gray_chw->at<cv::Vec3b>(0, 2), cv::Vec3b(2, 2, 2));
+}
+
+TEST(RawTensorTest, BadShapesAreRefusedBeforeAllocating) {
+  const std::string data(18, '\x10');
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> cases = {
+      {"rank 2", {2, 9}},
+      {"rank 4", {1, 2, 3, 3}},
+      {"rank 0", {}},
+      {"2 channels", {3, 3, 2}},
+      {"5 channels", {2, 2, 5}},
+      {"zero height", {0, 3, 3}},
+      {"negative width", {2, -3, 3}},
+      {"size mismatch", {3, 3, 3}},
+      {"past the pixel limit", {10000, 10000, 3}},
+      {"overflowing", {int64_t{1} << 40, int64_t{1} << 40, 3}},
+  };
+  for (const auto& [name, shape] : cases) {
+    auto result = ImageFromRawTensor(data, shape, TensorLayout::kHWC);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << name;
+  }
+  EXPECT_THAT(ImageFromRawTensor(data, {10000, 10000, 3}, TensorLayout::kHWC).status().message(),
+              HasSubstr("the limit is"));
+  EXPECT_THAT(ImageFromRawTensor(data, {3, 3, 3}, TensorLayout::kHWC).status().message(),
+              HasSubstr("holds 18 bytes; shape needs 27"));
+  EXPECT_EQ(ImageFromRawTensor(data, {3, 2, 4}, TensorLayout::kCHW).status().code(),
+            absl::StatusCode::kInvalidArgument);  // C=3 but 3*2*4 != 18
 }
 
 TEST(PreprocessTest, MatchesTheReferenceInputOfEveryCase) {
-  for (const auto& c : ::anoclip::testing::GoldenJson()["cases"]) {
+  const auto& cases = ::anoclip::testing::GoldenJson()["cases"];
+  ASSERT_EQ(cases.size(), 3u);
+  for (const auto& c : cases) {
     const std::string name = c["case"];
     SCOPED_TRACE(name);
     auto rgb = ReadImageFile(::anoclip::testing::TinyVitDir() + "/" + c["image"].get<std::string>());
     ASSERT_TRUE(rgb.ok()) << rgb.status();
     EXPECT_EQ(rgb->cols, c["width"].get<int>());
-    auto input = PreprocessImage(*rgb, 80, NormalizeOptions{});
-    auto expected = ::anoclip::testing::GoldenTensor(name + "/input");
+    EXPECT_EQ(rgb->rows, c["height"].get<int>());
+    const at::Tensor input = PreprocessImage(*rgb, 80, NormalizeOptions{});
+    const at::Tensor expected = ::anoclip::testing::GoldenTensor(name + "/input");
+    ASSERT_EQ(input.sizes(), expected.sizes());
+    EXPECT_EQ(input.scalar_type(), at::kFloat);
+    EXPECT_TRUE(input.is_contiguous());
     if (rgb->cols == 80 && rgb->rows == 80) {
       EXPECT_TRUE(::anoclip::testing::AllClose(input, expected, 1e-5));
     } else {
-      // Resized: the README bounds the mean and max error (PIL's filter is not OpenCV's).
-      auto error = (input - expected).abs();
+      // Resized (case 2): the README bounds the mean and max error (PIL's filter is not OpenCV's).
+      const at::Tensor error = (input - expected).abs();
       EXPECT_LE(error.mean().item<double>(), 0.02);
       EXPECT_LE(error.max().item<double>(), 0.3);
     }
   }
 }
 
-TEST(RenderTest, HeatmapsResizeRenderAndRoundTripAsPng) {
+TEST(PreprocessTest, NormalisesInChannelOrderWithoutResizingAtTheModelSize) {
+  cv::Mat rgb(4, 4, CV_8UC3, cv::Scalar(0, 0, 0));
+  rgb.at<cv::Vec3b>(1, 2) = cv::Vec3b(255, 128, 7);
+  NormalizeOptions options;
+  options.mean = {0.5f, 0.25f, 0.f};
+  options.std = {0.5f, 0.25f, 2.f};
+  const at::Tensor input = PreprocessImage(rgb, 4, options);
+  ASSERT_EQ(input.sizes(), (at::IntArrayRef{3, 4, 4}));
+  EXPECT_FLOAT_EQ(input[0][1][2].item<float>(), (1.f - 0.5f) / 0.5f);
+  EXPECT_FLOAT_EQ(input[1][1][2].item<float>(), (128 / 255.f - 0.25f) / 0.25f);
+  EXPECT_FLOAT_EQ(input[2][1][2].item<float>(), (7 / 255.f) / 2.f);
+  EXPECT_FLOAT_EQ(input[0][0][0].item<float>(), -1.f);
+}
+
+TEST(PreprocessTest, ShrinkingAndEnlargingKeepAFlatImageFlat) {
+  NormalizeOptions options;
+  options.mean = {0.f, 0.f, 0.f};
+  options.std = {1.f, 1.f, 1.f};
+  for (const cv::Size size : {cv::Size(200, 150), cv::Size(30, 20), cv::Size(200, 10)}) {
+    const cv::Mat rgb(size, CV_8UC3, cv::Scalar(51, 102, 204));
+    const at::Tensor input = PreprocessImage(rgb, 80, options);
+    ASSERT_EQ(input.sizes(), (at::IntArrayRef{3, 80, 80}));
+    EXPECT_NEAR(input[0].min().item<float>(), 0.2f, 1e-6);
+    EXPECT_NEAR(input[1].max().item<float>(), 0.4f, 1e-6);
+    EXPECT_NEAR(input[2].mean().item<float>(), 0.8f, 1e-6);
+  }
+  // A sub-image (not continuous) is read correctly.
+  cv::Mat big(100, 100, CV_8UC3, cv::Scalar(0, 0, 0));
+  big(cv::Rect(10, 10, 80, 80)) = cv::Scalar(255, 255, 255);
+  const at::Tensor roi = PreprocessImage(big(cv::Rect(10, 10, 80, 80)), 80, options);
+  EXPECT_FLOAT_EQ(roi.min().item<float>(), 1.f);
+}
+
+TEST(RenderTest, ResizeAndGrayScale) {
   cv::Mat heatmap(10, 10, CV_32F, cv::Scalar(0.25f));
   heatmap.at<float>(5, 5) = 0.75f;
-  cv::Mat resized = ResizeHeatmap(heatmap, 40, 30);
+  const cv::Mat resized = ResizeHeatmap(heatmap, 40, 30);
   EXPECT_EQ(resized.size(), cv::Size(40, 30));
-  cv::Mat gray = HeatmapToGray(resized, 0.f, 0.f);
+  EXPECT_EQ(resized.type(), CV_32F);
+  cv::Mat same = ResizeHeatmap(heatmap, 10, 10);
+  same.at<float>(0, 0) = 9.f;  // a copy, not a view
+  EXPECT_FLOAT_EQ(heatmap.at<float>(0, 0), 0.25f);
+
+  const cv::Mat own_range = HeatmapToGray(resized, 0.f, 0.f);
+  EXPECT_EQ(own_range.type(), CV_8U);
   double min = 0, max = 0;
-  cv::minMaxLoc(gray, &min, &max);
+  cv::minMaxLoc(own_range, &min, &max);
   EXPECT_EQ(min, 0);
   EXPECT_EQ(max, 255);
-  cv::Mat fixed = HeatmapToGray(heatmap, 0.f, 1.f);
+  const cv::Mat fixed = HeatmapToGray(heatmap, 0.f, 1.f);
   EXPECT_EQ(fixed.at<uchar>(0, 0), 64);
-  cv::Mat rgb(30, 40, CV_8UC3, cv::Scalar(0, 0, 0));
-  cv::Mat overlay = RenderOverlay(rgb, gray, 0.5, {{{1, 1}, {10, 1}, {10, 10}}});
-  EXPECT_EQ(overlay.type(), CV_8UC3);
-  EXPECT_EQ(overlay.size(), rgb.size());
+  EXPECT_EQ(fixed.at<uchar>(5, 5), 191);
+  const cv::Mat clamped = HeatmapToGray(heatmap, 0.3f, 0.5f);
+  EXPECT_EQ(clamped.at<uchar>(0, 0), 0);
+  EXPECT_EQ(clamped.at<uchar>(5, 5), 255);
+  const cv::Mat flat = HeatmapToGray(cv::Mat(5, 5, CV_32F, cv::Scalar(0.7f)), 0.f, 0.f);
+  EXPECT_EQ(cv::countNonZero(flat), 0);
+}
+
+TEST(RenderTest, OverlayIsJetInRgbOrderWithWhiteContours) {
+  const cv::Mat black(30, 40, CV_8UC3, cv::Scalar(0, 0, 0));
+  cv::Mat gray(30, 40, CV_8U, cv::Scalar(0));
+  gray(cv::Rect(20, 0, 20, 30)) = 255;
+  const cv::Mat full = RenderOverlay(black, gray, 1.0);
+  ASSERT_EQ(full.type(), CV_8UC3);
+  ASSERT_EQ(full.size(), black.size());
+  const cv::Vec3b cold = full.at<cv::Vec3b>(15, 5), hot = full.at<cv::Vec3b>(15, 35);
+  EXPECT_GT(cold[2], 100);  // low scores are blue...
+  EXPECT_LT(cold[0], 10);
+  EXPECT_GT(hot[0], 100);   // ...high scores red, in RGB order
+  EXPECT_LT(hot[2], 10);
+
+  const cv::Mat image(30, 40, CV_8UC3, cv::Scalar(10, 200, 30));
+  EXPECT_EQ(cv::norm(RenderOverlay(image, gray, 0.0), image, cv::NORM_INF), 0);  // alpha 0: the image
+  const cv::Mat half = RenderOverlay(image, gray, 0.5);
+  EXPECT_NEAR(half.at<cv::Vec3b>(15, 35)[1], (200 + hot[1]) / 2.0, 1);
+
+  const cv::Mat outlined = RenderOverlay(black, gray, 0.5, {{{1, 1}, {10, 1}, {10, 10}, {1, 10}}});
+  EXPECT_EQ(outlined.at<cv::Vec3b>(1, 5), cv::Vec3b(255, 255, 255));
+  EXPECT_EQ(outlined.at<cv::Vec3b>(6, 10), cv::Vec3b(255, 255, 255));
+  EXPECT_NE(outlined.at<cv::Vec3b>(5, 5), cv::Vec3b(255, 255, 255));
+
+  // A heatmap at another size is fitted to the image.
+  const cv::Mat small_gray(3, 4, CV_8U, cv::Scalar(255));
+  const cv::Mat fitted = RenderOverlay(black, small_gray, 1.0);
+  EXPECT_EQ(fitted.size(), black.size());
+  EXPECT_EQ(fitted.at<cv::Vec3b>(29, 39), hot);
+}
+
+TEST(RenderTest, PngRoundTripsAndBadImagesAreRefused) {
+  cv::Mat heatmap(30, 40, CV_32F);
+  cv::randu(heatmap, 0.f, 1.f);
+  const cv::Mat gray = HeatmapToGray(heatmap, 0.f, 1.f);
   auto png = EncodePng(gray);
-  ASSERT_TRUE(png.ok());
+  ASSERT_TRUE(png.ok()) << png.status();
+  auto header = PeekImageHeader(*png);
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(header->width, 40);
+  EXPECT_EQ(header->height, 30);
   auto decoded = DecodeImage(*png);
-  ASSERT_TRUE(decoded.ok());
-  EXPECT_EQ(decoded->size(), gray.size());
-  EXPECT_EQ(decoded->at<cv::Vec3b>(15, 20)[0], gray.at<uchar>(15, 20));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  std::vector<cv::Mat> channels;
+  cv::split(*decoded, channels);
+  EXPECT_EQ(cv::norm(channels[0], gray, cv::NORM_INF), 0);
+
+  cv::Mat rgb = Gradient(17, 9);  // any 3-channel content: it must come back in the same order
+  const std::string path = ::testing::TempDir() + "/round_trip.png";
+  ASSERT_TRUE(WritePng(path, rgb).ok());
+  auto read = ReadImageFile(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(cv::norm(*read, rgb, cv::NORM_INF), 0);
+  EXPECT_EQ(cv::norm(rgb, Gradient(17, 9), cv::NORM_INF), 0);  // encoding left the input alone
+
+  EXPECT_FALSE(WritePng("/nonexistent-dir/x.png", rgb).ok());
+  for (const cv::Mat& bad : {cv::Mat(), cv::Mat(4, 4, CV_32F, cv::Scalar(0.5)), cv::Mat(4, 4, CV_8UC4)}) {
+    EXPECT_EQ(EncodePng(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 }  // namespace
