@@ -9,6 +9,7 @@
 #include "server/server_config.h"
 
 int main(int argc, char** argv) {
+  anoclip::RestartWithBestBlasKernels(argv);
   std::vector<std::string> args(argv + 1, argv + argc);
   for (const auto& arg : args) {
     if (arg == "--help" || arg == "-h") {

@@ -182,6 +182,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   }
   out["threads"] = at::get_num_threads();
   out["blas"] = BlasLibraryPath();
+  out["blas_kernels"] = OpenBlasCoreName();
   out["device"] = impl.device_name;
   out["model"] = (*detector)->model_id();
   out["image_size"] = size;

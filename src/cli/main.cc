@@ -38,6 +38,7 @@ void PrintUsage(std::ostream& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  anoclip::RestartWithBestBlasKernels(argv);
   if (argc < 2) {
     PrintUsage(std::cerr);
     return anoclip::cli::kExitUsageError;

@@ -3,10 +3,36 @@
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace anoclip {
+namespace {
+
+std::string Lowercase(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+  return text;
+}
+
+bool OneOf(const std::string& name, std::initializer_list<const char*> names) {
+  return std::any_of(names.begin(), names.end(), [&](const char* n) { return name == n; });
+}
+
+// OpenBLAS kernel sets by the widest vector instructions they use (DYNAMIC_ARCH names).
+bool IsAvx512Core(const std::string& core) { return OneOf(core, {"skylakex", "cooperlake", "sapphirerapids"}); }
+bool IsAvx2Core(const std::string& core) { return OneOf(core, {"haswell", "zen"}); }
+bool IsPreAvx2Core(const std::string& core) {
+  return OneOf(core, {"prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge", "atom", "katmai",
+                      "coppermine", "northwood", "banias", "athlon", "opteron", "opteron_sse3", "barcelona",
+                      "bobcat", "bulldozer", "piledriver", "steamroller", "excavator"});
+}
+
+}  // namespace
 
 std::string BlasLibraryPath() {
   void* symbol = dlsym(RTLD_DEFAULT, "sgemm_");
@@ -23,9 +49,46 @@ bool IsReferenceBlas(const std::string& path) {
          path != "unknown";
 }
 
+std::string OpenBlasCoreName() {
+  using CoreNameFunction = char* (*)();
+  auto core_name = reinterpret_cast<CoreNameFunction>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (core_name == nullptr) return "";
+  const char* name = core_name();
+  return name == nullptr ? "" : name;
+}
+
+std::string BetterOpenBlasCore(const std::string& core, bool cpu_has_avx512, bool cpu_has_avx2_fma) {
+  const std::string name = Lowercase(core);
+  if (cpu_has_avx512 && (IsAvx2Core(name) || IsPreAvx2Core(name))) return "SkylakeX";
+  if (cpu_has_avx2_fma && IsPreAvx2Core(name)) return "Haswell";
+  return "";
+}
+
+void RestartWithBestBlasKernels(char** argv) {
+  if (getenv("OPENBLAS_CORETYPE") != nullptr) return;  // the user's choice, and our own after a restart
+  __builtin_cpu_init();
+  // SkylakeX kernels use AVX-512 F, BW, DQ and VL; GCC's checks include the OS saving the registers.
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  const bool avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const std::string better = BetterOpenBlasCore(OpenBlasCoreName(), avx512, avx2_fma);
+  if (better.empty()) return;
+  setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
+  execv("/proc/self/exe", argv);
+  std::fprintf(stderr, "%s: could not restart with OPENBLAS_CORETYPE=%s (%s); continuing on slower kernels\n",
+               argv[0], better.c_str(), std::strerror(errno));
+  unsetenv("OPENBLAS_CORETYPE");
+}
+
 void LogBlasAtStartup(const char* program) {
   const std::string path = BlasLibraryPath();
-  std::fprintf(stderr, "%s: BLAS %s\n", program, path.c_str());
+  const std::string core = OpenBlasCoreName();
+  std::string kernels;
+  if (!core.empty()) {
+    kernels = ", OpenBLAS kernels " + core;
+    if (const char* forced = getenv("OPENBLAS_CORETYPE")) kernels += std::string(" (OPENBLAS_CORETYPE=") + forced + ")";
+  }
+  std::fprintf(stderr, "%s: BLAS %s%s\n", program, path.c_str(), kernels.c_str());
   if (IsReferenceBlas(path)) {
     std::fprintf(stderr,
                  "%s: WARNING: this is the reference BLAS, about 15x slower; install "

@@ -1,5 +1,9 @@
-// Which BLAS library the process is running on. Debian's libtorch calls whatever libblas.so.3
-// the alternatives system selects; the reference BLAS is about 15x slower than OpenBLAS.
+// Which BLAS library the process is running on, and making OpenBLAS use this CPU's best kernels.
+// Debian's libtorch calls whatever libblas.so.3 the alternatives system selects; the reference
+// BLAS is about 15x slower than OpenBLAS. OpenBLAS 0.3.21 picks its kernels from the CPU model
+// when the library loads, and on CPU models it does not know (Sapphire Rapids behind a
+// hypervisor, for one) it falls back to its SSE3 "Prescott" kernels: 4x slower than its
+// AVX-512 ones on the same core.
 #pragma once
 
 #include <string>
@@ -12,7 +16,21 @@ std::string BlasLibraryPath();
 // True for the netlib reference implementation (the slow one).
 bool IsReferenceBlas(const std::string& path);
 
-// One log line on stderr naming the BLAS, with a warning for the reference one.
+// OpenBLAS's name for the kernels it runs ("SkylakeX", "Haswell", "Prescott"), or "" when the
+// BLAS is not OpenBLAS.
+std::string OpenBlasCoreName();
+
+// The OPENBLAS_CORETYPE this CPU should run when OpenBLAS chose `core`, or "" when `core` is
+// already as good as the CPU allows (or unknown to us: then OpenBLAS knows better).
+// `cpu_has_avx512` and `cpu_has_avx2_fma` describe the CPU, OS support included.
+std::string BetterOpenBlasCore(const std::string& core, bool cpu_has_avx512, bool cpu_has_avx2_fma);
+
+// Called first thing in main(): when OpenBLAS chose weaker kernels than this CPU runs and the
+// user did not set OPENBLAS_CORETYPE, sets it and re-executes the program (OpenBLAS reads it only
+// when it loads). Returns only when no restart is needed or the restart failed.
+void RestartWithBestBlasKernels(char** argv);
+
+// One log line on stderr naming the BLAS and its kernels, with a warning for the reference one.
 void LogBlasAtStartup(const char* program);
 
 }  // namespace anoclip
