@@ -49,6 +49,11 @@ bool IsReferenceBlas(const std::string& path) {
          path != "unknown";
 }
 
+SgemmFunction BlasSgemm() {
+  static const SgemmFunction sgemm = reinterpret_cast<SgemmFunction>(dlsym(RTLD_DEFAULT, "sgemm_"));
+  return sgemm;
+}
+
 std::string OpenBlasCoreName() {
   using CoreNameFunction = char* (*)();
   auto core_name = reinterpret_cast<CoreNameFunction>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));

@@ -30,6 +30,13 @@ std::string BetterOpenBlasCore(const std::string& core, bool cpu_has_avx512, boo
 // when it loads). Returns only when no restart is needed or the restart failed.
 void RestartWithBestBlasKernels(char** argv);
 
+// The Fortran-interface sgemm_ of the BLAS libtorch runs on (column-major), for products too
+// small to pay libtorch's per-op dispatch; nullptr when the process has no BLAS.
+using SgemmFunction = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                               const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                               const float* beta, float* c, const int* ldc);
+SgemmFunction BlasSgemm();
+
 // One log line on stderr naming the BLAS and its kernels, with a warning for the reference one.
 void LogBlasAtStartup(const char* program);
 

@@ -55,9 +55,9 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
     auto [q, k, v] = block->attn->Project(y);
     at::Tensor h;
     if (vv.defined()) {
-      // Both attentions as one batched call: at batch 1 the per-head matmuls are small, and
-      // stacking them keeps the cores busy.
-      auto both = block->attn->Attend(torch::cat({q, v}), torch::cat({k, v}), torch::cat({v, v}));
+      // Both attentions in one parallel loop and one out_proj: at batch 1 the per-head matmuls
+      // are small, and together they keep the cores busy.
+      auto both = block->attn->Attend({{q, k, v}, {v, v, v}});
       h = z + both.narrow(0, 0, batch);
       vv = vv + both.narrow(0, batch, batch);
     } else {

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "common/blas_info.h"
+
 namespace anoclip::model {
 namespace {
 
@@ -11,6 +13,16 @@ namespace {
 at::Tensor SplitHeads(const at::Tensor& x, int64_t heads, int64_t head_dim) {
   return x.view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
 }
+
+// One head of a [B,h,L,d] float32 tensor whose rows are contiguous: its first element and row stride.
+struct HeadView {
+  HeadView(const at::Tensor& t, int64_t b, int64_t head)
+      : data(t.data_ptr<float>() + b * t.stride(0) + head * t.stride(1)), row_stride(t.stride(2)) {
+    TORCH_CHECK(t.stride(3) == 1, "attention inputs need contiguous head rows");
+  }
+  const float* data;
+  int64_t row_stride;
+};
 
 }  // namespace
 
@@ -43,31 +55,60 @@ at::Tensor AttentionImpl::ProjectFirstQuery(const at::Tensor& y) const {
 
 at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& mask) const {
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  const int64_t batch = q.size(0), queries = q.size(2), keys = k.size(2);
-  at::Tensor out;
-  if (torch::GradMode::is_enabled()) {
-    auto scores = at::matmul(q * scale, k.transpose(-2, -1));
-    if (mask.defined()) scores = scores + mask;
-    out = at::matmul(scores.softmax(-1), v);  // [B,h,Lq,d]
+  return Attend({Inputs{q, k, v}}, mask);
+}
+
+at::Tensor AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  const std::vector<Inputs> inputs(sets);
+  const int64_t batch = inputs[0].q.size(0), queries = inputs[0].q.size(2), keys = inputs[0].k.size(2);
+  const int64_t total = static_cast<int64_t>(inputs.size()) * batch;
+  const auto options = inputs[0].q.options();
+  at::Tensor merged;  // [n·B,Lq,C], heads side by side as out_proj expects
+  const SgemmFunction sgemm = BlasSgemm();
+  if (torch::GradMode::is_enabled() || !options.device().is_cpu() || options.dtype() != at::kFloat ||
+      sgemm == nullptr) {
+    std::vector<at::Tensor> outputs;
+    for (const auto& set : inputs) {
+      auto scores = at::matmul(set.q * scale, set.k.transpose(-2, -1));
+      if (mask.defined()) scores = scores + mask;
+      outputs.push_back(at::matmul(scores.softmax(-1), set.v).transpose(1, 2).reshape({batch, queries, width}));
+    }
+    merged = torch::cat(outputs);
   } else {
     // The per-head products are small (L x d x L): one head per thread, each product on one
     // core, keeps both cores busy where a threaded BLAS call per head would mostly synchronise.
-    auto qs = q.reshape({batch * heads, queries, head_dim});
-    auto ks = k.reshape({batch * heads, keys, head_dim});
-    auto vs = v.reshape({batch * heads, keys, head_dim});
-    out = at::empty({batch * heads, queries, head_dim}, q.options());
-    at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    // At this size libtorch's per-op dispatch costs as much as the arithmetic, so the two
+    // products go straight to the BLAS libtorch uses (its own wrapper is not exported), reading
+    // the heads in place from the projection output and writing them in place into the merged
+    // output.
+    merged = at::empty({total, queries, width}, options);
+    const at::Tensor mask_rows = mask.defined() ? mask.to(at::kFloat).expand({queries, keys}).contiguous() : mask;
+    at::parallel_for(0, total * heads, 1, [&](int64_t begin, int64_t end) {
+      auto scores = at::empty({queries, keys}, options);
+      auto probs = at::empty({queries, keys}, options);
       for (int64_t i = begin; i < end; ++i) {
-        auto scores = at::mm(qs[i], ks[i].t()).mul_(scale);
-        if (mask.defined()) scores.add_(mask);
-        out[i].copy_(at::mm(scores.softmax(-1), vs[i]));
+        const int64_t row = i / heads, head = i % heads;
+        const Inputs& set = inputs[row / batch];
+        const HeadView q(set.q, row % batch, head), k(set.k, row % batch, head), v(set.v, row % batch, head);
+        float beta = 0.0f;  // 0: BLAS ignores the uninitialised scores
+        if (mask_rows.defined()) {
+          scores.copy_(mask_rows);
+          beta = 1.0f;
+        }
+        // BLAS is column-major, where a row-major matrix is its transpose: scoresᵀ = scale·k qᵀ (+ maskᵀ).
+        const int m = keys, n = queries, d = head_dim, ld_k = k.row_stride, ld_q = q.row_stride, ld_v = v.row_stride,
+                  ld_out = width;
+        sgemm("T", "N", &m, &n, &d, &scale, k.data, &ld_k, q.data, &ld_q, &beta, scores.data_ptr<float>(), &m);
+        at::_softmax_out(probs, scores, -1, false);
+        // outᵀ = vᵀ probsᵀ, into this head's columns of the merged output.
+        const float one = 1.0f, zero = 0.0f;
+        float* out = merged.data_ptr<float>() + row * queries * width + head * head_dim;
+        sgemm("N", "N", &d, &n, &m, &one, v.data, &ld_v, probs.data_ptr<float>(), &m, &zero, out, &ld_out);
       }
     });
-    out = out.view({batch, heads, queries, head_dim});
   }
-  out = out.transpose(1, 2).reshape({batch, queries, width});
-  return torch::nn::functional::linear(out, out_proj->weight, out_proj->bias);
+  return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
 }
 
 MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu) : quick_gelu(quick_gelu) {

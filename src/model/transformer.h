@@ -25,6 +25,12 @@ struct AttentionImpl : torch::nn::Module {
   // softmax(q kᵀ/√d [+ mask]) v, heads merged and out_proj applied: [B,Lq,C].
   at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& mask = {}) const;
+  // The same for several sets of per-head [B,h,L,d] inputs of one shape, in one parallel loop and
+  // one out_proj: [n·B,Lq,C], set after set.
+  struct Inputs {
+    at::Tensor q, k, v;
+  };
+  at::Tensor Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask = {}) const;
 
   int64_t width, heads, head_dim;
   at::Tensor in_proj_weight, in_proj_bias;
