@@ -7,6 +7,7 @@
 
 #include "io/state_dict.h"
 #include "model/tokenizer.h"
+#include "model/transformer.h"
 #include "test_util.h"
 
 namespace anoclip::model {
@@ -76,6 +77,36 @@ TEST_F(ClipModelTest, LocalAwareOnlyForwardGivesTheSameTokensAsTheFullForward) {
   EXPECT_TRUE(torch::allclose(lean.local_aware_patches, full.local_aware_patches, 1e-5, 1e-6));
   EXPECT_FALSE(lean.plain_patches.defined());
   EXPECT_EQ(full.plain_patches.sizes(), (std::vector<int64_t>{2, 100, 32}));
+}
+
+// The inference path (per-head BLAS calls on both cores, in place) against the autograd path
+// (batched matmuls), with a causal mask, several sets at once and more than one image.
+TEST(AttentionTest, InferencePathEqualsAutogradPath) {
+  torch::manual_seed(3);
+  Attention attention(/*width=*/64, /*heads=*/4);
+  auto y = torch::randn({3, 17, 64});
+  auto mask = torch::full({17, 17}, -std::numeric_limits<float>::infinity()).triu(1);
+  at::Tensor fast_plain, fast_masked, fast_sets, slow_plain, slow_masked, slow_sets;
+  {
+    torch::NoGradGuard no_grad;
+    auto [q, k, v] = attention->Project(y);
+    fast_plain = attention->Attend(q, k, v);
+    fast_masked = attention->Attend(q, k, v, mask);
+    fast_sets = attention->Attend({{q, k, v}, {v, v, v}});
+  }
+  {
+    torch::AutoGradMode grad(true);
+    auto [q, k, v] = attention->Project(y);
+    slow_plain = attention->Attend(q, k, v).detach();
+    slow_masked = attention->Attend(q, k, v, mask).detach();
+    slow_sets = attention->Attend({{q, k, v}, {v, v, v}}).detach();
+  }
+  ASSERT_EQ(fast_sets.sizes(), (std::vector<int64_t>{6, 17, 64}));
+  EXPECT_TRUE(torch::allclose(fast_plain, slow_plain, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_masked, slow_masked, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_sets, slow_sets, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_sets.narrow(0, 0, 3), fast_plain, 1e-6, 1e-6));
+  EXPECT_FALSE(torch::allclose(fast_masked, fast_plain, 1e-3, 1e-3));
 }
 
 }  // namespace
