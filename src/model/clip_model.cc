@@ -45,10 +45,9 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
     auto y = block->ln_1->forward(z);
     if (last && !request.plain_patches) {
       // Only the image token's original-path output is read after the last block.
-      auto [k, v] = block->attn->ProjectKeyValue(y);
+      auto v = block->attn->ProjectValue(y);
       if (vv.defined()) vv = vv + block->attn->Attend(v, v, v);
-      auto q = block->attn->ProjectFirstQuery(y);
-      auto h = z.narrow(1, 0, 1) + block->attn->Attend(q, k, v);
+      auto h = z.narrow(1, 0, 1) + block->attn->AttendFromFirstToken(y, v);
       z = h + block->mlp->forward(block->ln_2->forward(h));
       break;
     }

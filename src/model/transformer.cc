@@ -40,17 +40,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::
           SplitHeads(qkv[2], heads, head_dim)};
 }
 
-std::tuple<at::Tensor, at::Tensor> AttentionImpl::ProjectKeyValue(const at::Tensor& y) const {
-  auto kv = torch::nn::functional::linear(y, in_proj_weight.narrow(0, width, 2 * width),
-                                          in_proj_bias.narrow(0, width, 2 * width))
-                .chunk(2, -1);
-  return {SplitHeads(kv[0], heads, head_dim), SplitHeads(kv[1], heads, head_dim)};
+at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
+  auto v = torch::nn::functional::linear(y, in_proj_weight.narrow(0, 2 * width, width),
+                                         in_proj_bias.narrow(0, 2 * width, width));
+  return SplitHeads(v, heads, head_dim);
 }
 
-at::Tensor AttentionImpl::ProjectFirstQuery(const at::Tensor& y) const {
-  auto q = torch::nn::functional::linear(y.narrow(1, 0, 1), in_proj_weight.narrow(0, 0, width),
-                                         in_proj_bias.narrow(0, 0, width));
-  return SplitHeads(q, heads, head_dim);
+at::Tensor AttentionImpl::AttendFromFirstToken(const at::Tensor& y, const at::Tensor& v) const {
+  const int64_t batch = y.size(0);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  auto q = SplitHeads(torch::nn::functional::linear(y.narrow(1, 0, 1), in_proj_weight.narrow(0, 0, width),
+                                                    in_proj_bias.narrow(0, 0, width)),
+                      heads, head_dim);  // [B,h,1,d]
+  // q·kⱼ = q·(W_k yⱼ + b_k) = (W_kᵀ q)·yⱼ + q·b_k: one query needs no key of its own.
+  auto query = q.view({batch, heads, head_dim});
+  auto key_weight = in_proj_weight.narrow(0, width, width).view({heads, head_dim, width});
+  auto key_bias = in_proj_bias.narrow(0, width, width).view({heads, head_dim});
+  auto query_in_input_space = at::bmm(query.transpose(0, 1), key_weight).transpose(0, 1);  // [B,h,C]
+  auto scores = at::bmm(query_in_input_space, y.transpose(1, 2)) + (query * key_bias).sum(-1, true);  // [B,h,L]
+  auto out = at::matmul((scores * scale).softmax(-1).unsqueeze(2), v);  // [B,h,1,d]
+  out = out.transpose(1, 2).reshape({batch, 1, width});
+  return torch::nn::functional::linear(out, out_proj->weight, out_proj->bias);
 }
 
 at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -18,10 +18,11 @@ struct AttentionImpl : torch::nn::Module {
 
   // Splits Y·W_inᵀ + b_in into per-head [B,h,L,d] queries, keys and values.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> Project(const at::Tensor& y) const;
-  // Keys and values only, for tokens whose own query is not needed.
-  std::tuple<at::Tensor, at::Tensor> ProjectKeyValue(const at::Tensor& y) const;
-  // Query of the first token only: [B,h,1,d].
-  at::Tensor ProjectFirstQuery(const at::Tensor& y) const;
+  // Values only: [B,h,L,d].
+  at::Tensor ProjectValue(const at::Tensor& y) const;
+  // The first token's attention output over all tokens of Y, out_proj applied: [B,1,C]. Its
+  // query is folded into the key projection, so the keys are never computed.
+  at::Tensor AttendFromFirstToken(const at::Tensor& y, const at::Tensor& v) const;
   // softmax(q kᵀ/√d [+ mask]) v, heads merged and out_proj applied: [B,Lq,C].
   at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& mask = {}) const;
