@@ -6,18 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
+
 namespace anoclip {
 namespace {
-
-std::string Lowercase(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
-  return text;
-}
 
 bool OneOf(const std::string& name, std::initializer_list<const char*> names) {
   return std::any_of(names.begin(), names.end(), [&](const char* n) { return name == n; });
@@ -35,7 +31,7 @@ bool IsPreAvx2Core(const std::string& core) {
 }  // namespace
 
 std::string BlasLibraryPath() {
-  void* symbol = dlsym(RTLD_DEFAULT, "sgemm_");
+  void* symbol = reinterpret_cast<void*>(BlasSgemm());
   Dl_info info;
   if (symbol == nullptr || dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return "unknown";
   char resolved[PATH_MAX];
@@ -63,7 +59,7 @@ std::string OpenBlasCoreName() {
 }
 
 std::string BetterOpenBlasCore(const std::string& core, bool cpu_has_avx512, bool cpu_has_avx2_fma) {
-  const std::string name = Lowercase(core);
+  const std::string name = absl::AsciiStrToLower(core);
   if (cpu_has_avx512 && (IsAvx2Core(name) || IsPreAvx2Core(name))) return "SkylakeX";
   if (cpu_has_avx2_fma && IsPreAvx2Core(name)) return "Haswell";
   return "";
