@@ -37,7 +37,7 @@ offline_s=$(number "$OUT/offline.json" detect.b8)
 READY=$OUT/server.ready
 rm -f "$READY"
 "$BIN/anoclip-server" --model "$MODEL" --vocab "$VOCAB" --threads "$THREADS" --listen 127.0.0.1:0 \
-  --metrics-listen 127.0.0.1:0 --max-batch 8 --max-queue-delay-ms 50 --warm bottle \
+  --metrics-listen 127.0.0.1:0 --max-batch 8 --warm bottle \
   --cache-dir "$OUT/text-cache" --ready-file "$READY" 2>"$OUT/server.log" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT

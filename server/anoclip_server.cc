@@ -8,20 +8,59 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/grpcpp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "anomaly/text_bank.h"
 #include "common/files.h"
 #include "common/status_macros.h"
 #include "server/anomaly_service.h"
 #include "server/metrics.h"
+#include "server/worker_pool.h"
 
 namespace anoclip::server {
 namespace {
 
-constexpr char kVersion[] = "0.1.0";
+constexpr const char* kVersion = kServerVersion;
 constexpr char kServiceName[] = "anoclip.v1.AnomalyDetection";
+
+// gRPC only says "cannot listen" when the key and certificate disagree: check them first, with
+// OpenSSL, to say which file is wrong.
+absl::Status CheckKeyMatchesCertificate(const std::string& cert_pem, const std::string& key_pem,
+                                        const ServerConfig& config) {
+  BIO* cert_bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+  X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+  BIO_free(cert_bio);
+  BIO* key_bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+  BIO_free(key_bio);
+  absl::Status status;
+  if (cert == nullptr) {
+    status = absl::InvalidArgumentError(absl::StrCat("--tls-cert ", config.tls_cert, " holds no PEM certificate"));
+  } else if (key == nullptr) {
+    status = absl::InvalidArgumentError(absl::StrCat("--tls-key ", config.tls_key, " holds no PEM private key"));
+  } else if (X509_check_private_key(cert, key) != 1) {
+    status = absl::InvalidArgumentError(absl::StrCat("the TLS key ", config.tls_key,
+                                                     " does not match the certificate ", config.tls_cert));
+  }
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return status;
+}
+
+// HOST:PORT with a port in 0..65535 (0 picks one); gRPC would otherwise read ":99999" its own way.
+absl::Status CheckListenAddress(const std::string& flag, const std::string& address) {
+  auto host_port = SplitHostPort(address);
+  if (!host_port.ok()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", host_port.status().message()));
+  if (host_port->first.empty() || address.front() == ':') {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", address,
+                                                   " needs a host: 127.0.0.1:PORT, or 0.0.0.0:PORT to serve other hosts"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& config) {
   if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
@@ -29,6 +68,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   ANOCLIP_ASSIGN_OR_RETURN(pair.cert_chain, ReadFileToString(config.tls_cert));
   ANOCLIP_ASSIGN_OR_RETURN(pair.private_key, ReadFileToString(config.tls_key));
+  ANOCLIP_RETURN_IF_ERROR(CheckKeyMatchesCertificate(pair.cert_chain, pair.private_key, config));
   options.pem_key_cert_pairs.push_back(pair);
   if (!config.tls_client_ca.empty()) {
     ANOCLIP_ASSIGN_OR_RETURN(options.pem_root_certs, ReadFileToString(config.tls_client_ca));
@@ -61,6 +101,7 @@ struct AnoclipServer::State {
   ServerConfig config;
   std::unique_ptr<anomaly::Detector> detector;
   std::unique_ptr<ServiceMetrics> metrics;
+  std::unique_ptr<WorkerPool> text_builds;  // the text bank's executor: one build at a time
   std::unique_ptr<anomaly::TextBank> text_bank;
   std::unique_ptr<AnomalyService> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -84,35 +125,60 @@ int AnoclipServer::grpc_port() const { return state_->grpc_port; }
 int AnoclipServer::metrics_port() const { return state_->metrics_server ? state_->metrics_server->port() : 0; }
 
 absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const ServerConfig& config) {
+  ANOCLIP_RETURN_IF_ERROR(CheckListenAddress("listen", config.listen));
+  if (!config.metrics_listen.empty()) ANOCLIP_RETURN_IF_ERROR(CheckListenAddress("metrics-listen", config.metrics_listen));
   auto state = std::make_unique<State>();
   state->config = config;
 
   anomaly::DetectorOptions detector_options{config.model_dir, config.vocab, config.device, config.dtype,
                                             config.threads};
-  ANOCLIP_ASSIGN_OR_RETURN(state->detector, anomaly::Detector::Create(detector_options));
+  auto detector_or = anomaly::Detector::Create(detector_options);
+  if (!detector_or.ok()) {
+    absl::Status status(detector_or.status().code(),
+                        absl::StrCat("cannot load the model from ", config.model_dir, ": ", detector_or.status().message()));
+    status.SetPayload(kModelErrorPayload, absl::Cord("model"));
+    return status;
+  }
+  state->detector = std::move(detector_or).value();
   const auto* detector = state->detector.get();
   state->metrics = std::make_unique<ServiceMetrics>(detector->model_id(), detector->device_name(), kVersion);
   auto* metrics = state->metrics.get();
-  ANOCLIP_ASSIGN_OR_RETURN(
-      state->text_bank,
-      anomaly::TextBank::Create({static_cast<size_t>(config.text_bank_capacity), config.cache_dir, detector->model_id()},
-                                [detector](const anomaly::PromptSpec& spec) { return detector->EncodeText(spec); },
-                                [metrics](double seconds) { metrics->ObserveTextBuild(seconds); }));
 
   ServiceOptions options;
-  options.batcher.max_batch = config.max_batch;
-  options.batcher.max_queue_delay = absl::Milliseconds(config.max_queue_delay_ms);
-  options.batcher.queue_capacity = static_cast<size_t>(config.queue_capacity);
-  options.workers = config.workers;
-  options.image_limits.max_pixels = config.max_image_pixels;
-  options.image_limits.max_bytes = config.max_message_bytes;
+  auto& pipeline = options.pipeline;
+  pipeline.batcher.max_batch = config.max_batch;
+  pipeline.batcher.max_queue_delay = absl::Milliseconds(config.max_queue_delay_ms);
+  pipeline.batcher.queue_capacity = static_cast<size_t>(config.queue_capacity);
+  pipeline.workers = config.workers;
+  pipeline.image_limits.max_pixels = config.max_image_pixels;
+  pipeline.image_limits.max_bytes = config.max_message_bytes;
+  pipeline.request_limits.prompts.max_prompts_per_state = static_cast<size_t>(config.max_prompts_per_state);
+  pipeline.request_limits.allowed_classes.insert(config.allowed_classes.begin(), config.allowed_classes.end());
+  options.admission.max_in_flight = config.max_in_flight;
+  options.stream.max_unwritten = config.max_stream_unwritten;
   options.version = kVersion;
   if (!config.auth_token_file.empty()) {
     ANOCLIP_ASSIGN_OR_RETURN(auto token, ReadFileToString(config.auth_token_file));
-    options.auth_token = std::string(absl::StripAsciiWhitespace(token));
-    if (options.auth_token.empty()) return absl::InvalidArgumentError("the auth token file is empty");
+    options.admission.auth_token = std::string(absl::StripAsciiWhitespace(token));
+    if (options.admission.auth_token.empty()) return absl::InvalidArgumentError("the auth token file is empty");
   }
-  ANOCLIP_ASSIGN_OR_RETURN(options.calibrations, LoadCalibrations(config.calibration_dir, detector->model_id()));
+  ANOCLIP_ASSIGN_OR_RETURN(pipeline.calibrations, LoadCalibrations(config.calibration_dir, detector->model_id()));
+
+  state->text_builds = std::make_unique<WorkerPool>(1);
+  const auto limits = pipeline.request_limits.prompts;
+  ANOCLIP_ASSIGN_OR_RETURN(
+      state->text_bank,
+      anomaly::TextBank::Create(
+          {static_cast<size_t>(config.text_bank_capacity), config.cache_dir, detector->model_id(),
+           config.max_class_builds_per_minute},
+          [detector, limits](const anomaly::PromptSpec& spec, const std::function<absl::Status()>& check) {
+            anomaly::Detector::TextBuildControl control;
+            control.limits = limits;
+            control.check = check;
+            return detector->EncodeText(spec, control);
+          },
+          [pool = state->text_builds.get()](std::function<void()> build) { pool->Post(std::move(build)); },
+          [metrics](double seconds) { metrics->ObserveTextBuild(seconds); }));
   ANOCLIP_ASSIGN_OR_RETURN(state->service,
                            AnomalyService::Create(detector, state->text_bank.get(), metrics, std::move(options)));
 
@@ -121,6 +187,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
     anomaly::PromptSpec spec;
     spec.class_name = name;
     spec.kind = kind.empty() ? anomaly::DefaultKindForClass(name) : kind;
+    ANOCLIP_RETURN_IF_ERROR(anomaly::BuildPromptSet(spec, limits).status());
     ANOCLIP_RETURN_IF_ERROR(state->text_bank->Get(spec).status());
   }
 
@@ -129,11 +196,14 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
   grpc::ServerBuilder builder;
   ANOCLIP_ASSIGN_OR_RETURN(auto credentials, Credentials(config));
   builder.AddListeningPort(config.listen, credentials, &state->grpc_port);
+  // Without this, a second server on the same port starts too and the kernel splits the traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.RegisterService(state->service.get());
   state->grpc_server = builder.BuildAndStart();
   if (state->grpc_server == nullptr || state->grpc_port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", config.listen, " (in use, or not an address of this host)"));
   }
   if (!config.metrics_listen.empty()) {
     auto* bank = state->text_bank.get();
@@ -157,11 +227,15 @@ void AnoclipServer::Drain(absl::Duration timeout) {
   if (state_->drained) return;
   state_->drained = true;
   state_->SetHealth(false);
+  // New calls get UNAVAILABLE from admission while the accepted ones finish; only then does gRPC
+  // shut down, which would answer new calls CANCELLED.
   state_->service->BeginDrain();
-  // Shutdown waits for the calls in progress; past the deadline it cancels them.
-  state_->grpc_server->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(timeout));
+  const absl::Time deadline = absl::Now() + timeout;
+  state_->service->WaitForIdle(timeout);
+  state_->grpc_server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now() + absl::Seconds(1))));
   state_->service->Stop();
   state_->grpc_server->Wait();
+  state_->text_builds.reset();
   state_->metrics_server.reset();
 }
 

@@ -11,8 +11,13 @@
 
 namespace anoclip::server {
 
+inline constexpr char kServerVersion[] = "0.2.0";
+// Set on Start()'s error when the model could not be loaded (missing, corrupt, wrong shapes).
+inline constexpr char kModelErrorPayload[] = "anoclip.dev/model-error";
+
 class AnoclipServer {
  public:
+  // Exit codes of the binary: 2 bad flags, 3 the model cannot be loaded, 1 any other start-up error.
   static absl::StatusOr<std::unique_ptr<AnoclipServer>> Start(const ServerConfig& config);
   ~AnoclipServer();
 

@@ -1,53 +1,43 @@
-// The anoclip.v1.AnomalyDetection service on gRPC's callback API.
-//
-// Reactors never block: they parse nothing heavy and hand each request to the worker pool
-// (decode, validation, preprocessing, text features), which submits it to the DynamicBatcher;
-// the batcher thread runs one vision forward per batch and posts each image's post-processing
-// (heatmap, regions, encoding) back to the worker pool, which answers the call. Errors are
-// absl::Status until the answer, where they become gRPC codes.
+// The anoclip.v1.AnomalyDetection service on gRPC's callback API: thin handlers. Each admits the
+// call (server/admission.h), hands image requests to the DetectPipeline and Inspect streams to
+// their reactor (server/inspect_stream.h), and answers; proto <-> core conversion lives in
+// server/request_conversion.h. Handlers never block: text builds for PrepareClass run on the
+// text bank's own thread.
 #pragma once
 
-#include <atomic>
-#include <map>
 #include <memory>
 #include <string>
 
 #include "anoclip/v1/anoclip.grpc.pb.h"
-#include "anomaly/calibration.h"
 #include "anomaly/detector.h"
-#include "anomaly/prompt_ensemble.h"
 #include "anomaly/text_bank.h"
-#include "image/decode.h"
-#include "server/dynamic_batcher.h"
+#include "server/admission.h"
+#include "server/detect_pipeline.h"
+#include "server/inspect_stream.h"
 #include "server/metrics.h"
-#include "server/worker_pool.h"
 
 namespace anoclip::server {
 
 struct ServiceOptions {
-  BatcherOptions batcher;
-  int workers = 4;
-  int max_stream_in_flight = 128;  // per Inspect stream; reading pauses beyond it
-  image::ImageLimits image_limits;
-  anomaly::PromptLimits prompt_limits;
-  std::string auth_token;  // empty: no authentication
-  std::map<std::string, anomaly::Calibration> calibrations;  // by class name
+  PipelineOptions pipeline;
+  AdmissionOptions admission;
+  StreamOptions stream;
   std::string version;
 };
 
 class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackService {
  public:
-  using DoneFn = std::function<void(absl::Status, anoclip::v1::DetectResponse)>;
-
   static absl::StatusOr<std::unique_ptr<AnomalyService>> Create(const anomaly::Detector* detector,
                                                                 anomaly::TextBank* text_bank,
                                                                 ServiceMetrics* metrics, ServiceOptions options);
   ~AnomalyService() override;
 
   // New calls are refused with UNAVAILABLE; accepted ones finish.
-  void BeginDrain() { draining_ = true; }
+  void BeginDrain() { admission_->BeginDrain(); }
+  // True once no call is open, or false after `timeout`.
+  bool WaitForIdle(absl::Duration timeout) const { return admission_->WaitForIdle(timeout); }
   // Runs what the batcher holds and joins the threads.
-  void Stop();
+  void Stop() { pipeline_->Stop(); }
 
   grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const anoclip::v1::DetectRequest* request,
                                    anoclip::v1::DetectResponse* response) override;
@@ -66,23 +56,10 @@ class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackServi
                                          const anoclip::v1::GetModelInfoRequest* request,
                                          anoclip::v1::GetModelInfoResponse* response) override;
 
-  // One request through the pipeline; `done` runs exactly once, on a worker thread.
-  void Process(std::shared_ptr<const anoclip::v1::DetectRequest> request, absl::Time deadline,
-               std::function<bool()> is_cancelled, DoneFn done);
-
-  // Authentication and draining, checked when a call arrives.
-  absl::Status Admit(const grpc::CallbackServerContext& context) const;
-  ServiceMetrics* metrics() const { return metrics_; }
-  const ServiceOptions& options() const { return options_; }
-
  private:
-  struct Request;
   AnomalyService(const anomaly::Detector* detector, anomaly::TextBank* text_bank, ServiceMetrics* metrics,
                  ServiceOptions options);
-  absl::Status Prepare(Request& state);
-  void RunBatch(std::vector<std::unique_ptr<BatchItem>> batch);
-  void Postprocess(Request& state, const anomaly::Detection& detection);
-  // Answers a unary call and records it.
+  // Admits, runs `body` on the callback thread (it must be quick) and answers.
   template <typename Body>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method, Body body);
 
@@ -90,15 +67,8 @@ class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackServi
   anomaly::TextBank* text_bank_;
   ServiceMetrics* metrics_;
   const ServiceOptions options_;
-  std::unique_ptr<WorkerPool> workers_;
-  std::unique_ptr<DynamicBatcher> batcher_;
-  std::atomic<bool> draining_{false};
+  std::unique_ptr<Admission> admission_;
+  std::unique_ptr<DetectPipeline> pipeline_;
 };
-
-// absl -> gRPC status, once, at the edge.
-grpc::Status ToGrpcStatus(const absl::Status& status);
-
-// The spec a request names: kind KIND_UNSPECIFIED takes the class's default.
-anomaly::PromptSpec PromptSpecFromProto(const anoclip::v1::ClassSpec& spec);
 
 }  // namespace anoclip::server

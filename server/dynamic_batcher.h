@@ -1,24 +1,38 @@
-// DynamicBatcher: collects detection requests into batches for one vision forward each.
+// DynamicBatcher<Task>: collects tasks into batches for one model call each. Knows nothing of
+// the model: a task says when it expires, whether its caller gave up, and how to fail it.
 //
-// Queue policy lives here; running a batch is the caller's ProcessFn. Submit never blocks: a full
-// queue answers RESOURCE_EXHAUSTED at once and the caller keeps its item (ownership moves only
-// on OK). One batcher thread forms a batch when `max_batch` items wait or the oldest has waited
-// `max_queue_delay`; items whose deadline passed or whose call was cancelled are answered
-// DEADLINE_EXCEEDED / CANCELLED before any compute. Stop() finishes everything accepted.
+//   absl::Time deadline() const;
+//   bool IsCancelled() const;
+//   void Fail(absl::Status status);  // answers the task; a no-op once it has been answered
+//
+// Policy. Submit never blocks: a full queue answers RESOURCE_EXHAUSTED at once and the caller
+// keeps its task (ownership moves only on OK). One batcher thread runs the batches. Batches form
+// because tasks arrive while the engine is busy, not by making a lone task wait: when the thread
+// is idle it takes what is queued at once, up to `max_batch`. `max_queue_delay` > 0 lets the
+// oldest task wait that long for the batch to fill (an upper bound on the added latency). Tasks
+// whose deadline passed or whose caller cancelled are failed before any compute. Stop() refuses
+// new tasks, runs everything accepted and joins.
+//
+// Completion guard. The process function receives the batch by reference and moves out the
+// tasks it takes over; every task still in the batch when it returns or throws is failed with
+// INTERNAL, so each task is answered exactly once on every path and an exception never ends the
+// batcher thread.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "anomaly/detector.h"
 
 namespace anoclip::server {
 
@@ -27,58 +41,158 @@ class Clock {
  public:
   virtual ~Clock() = default;
   virtual absl::Time Now() const = 0;
-  static const Clock* Real();
-};
-
-struct BatchItem {
-  at::Tensor input;  // [3,S,S] preprocessed
-  std::shared_ptr<const anomaly::TextFeatures> text;
-  anomaly::DetectOptions options;
-  absl::Time deadline = absl::InfiniteFuture();
-  std::function<bool()> is_cancelled;  // may be empty
-  absl::Time enqueued;                 // set by Submit
-  // Called exactly once, from the batcher thread: with the item itself when it is dropped
-  // (status not OK), otherwise by ProcessFn's owner.
-  std::function<void(std::unique_ptr<BatchItem>, absl::Status)> on_dropped;
-  std::shared_ptr<void> payload;  // the caller's request state
+  static const Clock* Real() {
+    struct RealClock : Clock {
+      absl::Time Now() const override { return absl::Now(); }
+    };
+    static const RealClock* clock = new RealClock();
+    return clock;
+  }
 };
 
 struct BatcherOptions {
   int max_batch = 8;
-  absl::Duration max_queue_delay = absl::Milliseconds(5);
+  absl::Duration max_queue_delay = absl::ZeroDuration();  // 0: never wait for a batch to fill
   size_t queue_capacity = 256;
-  bool start_thread = true;  // false: tests call TakeReadyBatch themselves
+  bool start_thread = true;  // false: tests call TakeReadyBatch and RunBatch themselves
 };
 
+template <typename Task>
 class DynamicBatcher {
  public:
-  using ProcessFn = std::function<void(std::vector<std::unique_ptr<BatchItem>> batch)>;
+  using Batch = std::vector<std::unique_ptr<Task>>;
+  using ProcessFn = std::function<void(Batch& batch)>;
 
   static absl::StatusOr<std::unique_ptr<DynamicBatcher>> Create(const BatcherOptions& options, ProcessFn process,
-                                                                const Clock* clock = Clock::Real());
-  ~DynamicBatcher();
+                                                                const Clock* clock = Clock::Real()) {
+    if (options.max_batch < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("max_batch must be positive; was ", options.max_batch));
+    }
+    if (options.queue_capacity < 1) return absl::InvalidArgumentError("queue_capacity must be positive; was 0");
+    if (options.max_queue_delay < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("max_queue_delay must not be negative");
+    }
+    if (!process) return absl::InvalidArgumentError("the batcher needs a process function");
+    auto batcher = std::unique_ptr<DynamicBatcher>(new DynamicBatcher(options, std::move(process), clock));
+    if (options.start_thread) batcher->thread_ = std::thread([b = batcher.get()] { b->Loop(); });
+    return batcher;
+  }
 
-  // Takes ownership of *item on OK. RESOURCE_EXHAUSTED when full, UNAVAILABLE once stopping.
-  absl::Status Submit(std::unique_ptr<BatchItem>* item);
+  ~DynamicBatcher() { Stop(); }
 
-  // The batch that is ready at `now` (possibly empty); dropped items are answered first.
-  std::vector<std::unique_ptr<BatchItem>> TakeReadyBatch(absl::Time now);
+  // Takes ownership of *task on OK. RESOURCE_EXHAUSTED when full, UNAVAILABLE once stopping.
+  absl::Status Submit(std::unique_ptr<Task>* task) {
+    absl::MutexLock lock(&mutex_);
+    if (stopping_) return absl::UnavailableError("the server is draining");
+    if (queue_.size() >= options_.queue_capacity) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the request queue is full (", options_.queue_capacity, " waiting); retry later"));
+    }
+    queue_.push_back({std::move(*task), clock_->Now()});
+    return absl::OkStatus();
+  }
 
-  // Refuses new items, runs everything queued, joins the thread.
-  void Stop();
+  // The batch that is ready at `now` (possibly empty); expired and cancelled tasks are failed.
+  Batch TakeReadyBatch(absl::Time now) {
+    Batch batch, dropped;
+    std::vector<absl::Status> reasons;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (!ReadyLocked(now)) return batch;
+      while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch) {
+        auto task = std::move(queue_.front().task);
+        queue_.pop_front();
+        if (now >= task->deadline()) {
+          reasons.push_back(absl::DeadlineExceededError("the deadline passed while the request was queued"));
+          dropped.push_back(std::move(task));
+        } else if (task->IsCancelled()) {
+          reasons.push_back(absl::CancelledError("the call was cancelled while queued"));
+          dropped.push_back(std::move(task));
+        } else {
+          batch.push_back(std::move(task));
+        }
+      }
+    }
+    for (size_t i = 0; i < dropped.size(); ++i) FailQuietly(*dropped[i], reasons[i]);
+    return batch;
+  }
 
-  size_t queue_depth() const;
+  // Runs one batch through the process function under the completion guard.
+  void RunBatch(Batch batch) {
+    absl::Status leftover = absl::InternalError("the batch ended without answering this request");
+    try {
+      process_(batch);
+    } catch (const std::exception& error) {
+      leftover = absl::InternalError(absl::StrCat("the batch failed: ", error.what()));
+    } catch (...) {
+      leftover = absl::InternalError("the batch failed with an unknown exception");
+    }
+    for (auto& task : batch) {
+      if (task) FailQuietly(*task, leftover);
+    }
+  }
+
+  // Refuses new tasks, runs everything queued, joins the thread.
+  void Stop() {
+    {
+      absl::MutexLock lock(&mutex_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  size_t queue_depth() const {
+    absl::MutexLock lock(&mutex_);
+    return queue_.size();
+  }
 
  private:
-  DynamicBatcher(const BatcherOptions& options, ProcessFn process, const Clock* clock);
-  void Loop();
-  bool ReadyLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  struct Queued {
+    std::unique_ptr<Task> task;
+    absl::Time enqueued;
+  };
+
+  DynamicBatcher(const BatcherOptions& options, ProcessFn process, const Clock* clock)
+      : options_(options), process_(std::move(process)), clock_(clock) {}
+
+  bool ReadyLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (queue_.empty()) return false;
+    return stopping_ || static_cast<int>(queue_.size()) >= options_.max_batch ||
+           now >= queue_.front().enqueued + options_.max_queue_delay;
+  }
+
+  static void FailQuietly(Task& task, const absl::Status& status) {
+    try {
+      task.Fail(status);
+    } catch (...) {
+      // A failing answer must not end the batcher thread; the task's own guard still answers.
+    }
+  }
+
+  void Loop() {
+    while (true) {
+      {
+        absl::MutexLock lock(&mutex_);
+        auto has_work = [this]() { return stopping_ || !queue_.empty(); };
+        mutex_.Await(absl::Condition(&has_work));
+        if (stopping_ && queue_.empty()) return;
+        if (options_.max_queue_delay > absl::ZeroDuration()) {
+          auto full = [this]() {
+            return stopping_ || static_cast<int>(queue_.size()) >= options_.max_batch;
+          };
+          mutex_.AwaitWithDeadline(absl::Condition(&full), queue_.front().enqueued + options_.max_queue_delay);
+        }
+      }
+      auto batch = TakeReadyBatch(clock_->Now());
+      if (!batch.empty()) RunBatch(std::move(batch));
+    }
+  }
 
   const BatcherOptions options_;
   const ProcessFn process_;
   const Clock* clock_;
   mutable absl::Mutex mutex_;
-  std::deque<std::unique_ptr<BatchItem>> queue_ ABSL_GUARDED_BY(mutex_);
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread thread_;
 };

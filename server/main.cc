@@ -16,10 +16,18 @@ int main(int argc, char** argv) {
       std::cout << anoclip::server::ServerUsage();
       return 0;
     }
+    if (arg == "--help-markdown") {
+      std::cout << anoclip::server::ServerFlagsMarkdown();
+      return 0;
+    }
+    if (arg == "--version") {
+      std::cout << "anoclip-server " << anoclip::server::kServerVersion << "\n";
+      return 0;
+    }
   }
   auto config = anoclip::server::ParseServerConfig(args);
   if (!config.ok()) {
-    std::cerr << "anoclip-server: " << config.status().message() << "\n" << anoclip::server::ServerUsage();
+    std::cerr << "anoclip-server: " << config.status().message() << "\n(anoclip-server --help lists every flag)\n";
     return 2;
   }
   // Every thread started from here on inherits the mask; this thread takes the signals.
@@ -33,7 +41,7 @@ int main(int argc, char** argv) {
   auto server = anoclip::server::AnoclipServer::Start(*config);
   if (!server.ok()) {
     std::cerr << "anoclip-server: " << server.status().message() << "\n";
-    return 1;
+    return server.status().GetPayload(anoclip::server::kModelErrorPayload).has_value() ? 3 : 1;
   }
   std::cerr << "anoclip-server: serving on port " << (*server)->grpc_port() << ", metrics on port "
             << (*server)->metrics_port() << std::endl;

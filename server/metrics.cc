@@ -24,7 +24,8 @@ ServiceMetrics::ServiceMetrics(const std::string& model_id, const std::string& d
   auto& r = *registry_;
   requests_ = &prometheus::BuildCounter().Name("anoclip_requests_total")
                    .Help("RPCs answered, by method and gRPC status code").Register(r);
-  request_duration_ = Histogram(r, "anoclip_request_duration_seconds", "Time from receipt to answer", SecondsBuckets());
+  request_duration_ = &prometheus::BuildHistogram().Name("anoclip_request_duration_seconds")
+                           .Help("Time from receipt to answer, by method").Register(r);
   queue_ = Histogram(r, "anoclip_queue_duration_seconds", "Time waiting in the batch queue", SecondsBuckets());
   encode_ = Histogram(r, "anoclip_encode_duration_seconds", "Vision forward time per batch", SecondsBuckets());
   tta_ = Histogram(r, "anoclip_tta_duration_seconds", "Test-time adaptation time per image", SecondsBuckets());
@@ -44,6 +45,15 @@ ServiceMetrics::ServiceMetrics(const std::string& model_id, const std::string& d
                       .Register(r).Add({});
   text_builds_ = &prometheus::BuildCounter().Name("anoclip_text_bank_builds_total")
                       .Help("Text encoder runs (a miss answered from disk is not a build)").Register(r).Add({});
+  auto counter = [&r](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+  };
+  text_build_failures_ = counter("anoclip_text_bank_build_failures_total", "Text builds that failed or were stopped");
+  text_builds_refused_ = counter("anoclip_text_bank_builds_refused_total",
+                                 "Text builds refused by --max-class-builds-per-minute");
+  text_cache_corrupt_ = counter("anoclip_text_bank_cache_corrupt_total",
+                                "Cache files that failed verification and were rebuilt");
+  text_cache_write_errors_ = counter("anoclip_text_bank_cache_write_errors_total", "Cache files that could not be written");
   image_score_ = &prometheus::BuildHistogram().Name("anoclip_image_score").Help("Raw image scores by class")
                       .Register(r);
   anomalies_ = &prometheus::BuildCounter().Name("anoclip_anomalies_total")
@@ -56,7 +66,7 @@ ServiceMetrics::ServiceMetrics(const std::string& model_id, const std::string& d
 
 void ServiceMetrics::ObserveRequest(const std::string& method, const std::string& code, double seconds) {
   requests_->Add({{"method", method}, {"code", code}}).Increment();
-  request_duration_->Observe(seconds);
+  request_duration_->Add({{"method", method}}, SecondsBuckets()).Observe(seconds);
 }
 
 std::string ServiceMetrics::ClassLabel(const std::string& class_name) {
@@ -86,6 +96,10 @@ void ServiceMetrics::SyncTextBank(const anomaly::TextBankStats& stats) {
   text_hits_->Increment(static_cast<double>(stats.hits - synced_.hits));
   text_misses_->Increment(static_cast<double>(stats.misses - synced_.misses));
   text_builds_->Increment(static_cast<double>(stats.builds - synced_.builds));
+  text_build_failures_->Increment(static_cast<double>(stats.build_failures - synced_.build_failures));
+  text_builds_refused_->Increment(static_cast<double>(stats.builds_refused - synced_.builds_refused));
+  text_cache_corrupt_->Increment(static_cast<double>(stats.cache_corrupt - synced_.cache_corrupt));
+  text_cache_write_errors_->Increment(static_cast<double>(stats.cache_write_errors - synced_.cache_write_errors));
   text_entries_->Set(static_cast<double>(stats.entries));
   synced_ = stats;
 }
@@ -110,8 +124,19 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(cons
   if (!host_port.ok()) return host_port.status();
   auto server = std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer());
   server->http_ = std::make_unique<httplib::Server>();
+  // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, which lets a second server bind
+  // the same port and silently share it.
+  server->http_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   server->http_->Get("/metrics", [collect](const httplib::Request&, httplib::Response& response) {
-    response.set_content(collect(), "text/plain; version=0.0.4");
+    try {
+      response.set_content(collect(), "text/plain; version=0.0.4");
+    } catch (const std::exception& error) {
+      response.status = 500;
+      response.set_content(absl::StrCat("metrics failed: ", error.what(), "\n"), "text/plain");
+    }
   });
   const auto& [host, port] = *host_port;
   server->port_ = port == 0 ? server->http_->bind_to_any_port(host) : (server->http_->bind_to_port(host, port) ? port : -1);

@@ -50,10 +50,11 @@ class ServiceMetrics {
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* image_score_;
   prometheus::Family<prometheus::Counter>* anomalies_;
-  prometheus::Histogram* request_duration_;
+  prometheus::Family<prometheus::Histogram>* request_duration_;
   prometheus::Histogram *queue_, *encode_, *tta_, *postprocess_, *batch_size_, *text_build_;
   prometheus::Gauge *queue_depth_, *in_flight_, *text_entries_;
   prometheus::Counter *text_hits_, *text_misses_, *text_builds_;
+  prometheus::Counter *text_build_failures_, *text_builds_refused_, *text_cache_corrupt_, *text_cache_write_errors_;
   absl::Mutex mutex_;
   std::set<std::string> class_labels_ ABSL_GUARDED_BY(mutex_);
   anomaly::TextBankStats synced_ ABSL_GUARDED_BY(mutex_);

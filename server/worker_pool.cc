@@ -1,5 +1,7 @@
 #include "server/worker_pool.h"
 
+#include <iostream>
+
 namespace anoclip::server {
 
 WorkerPool::WorkerPool(int threads) {
@@ -19,6 +21,11 @@ void WorkerPool::Post(std::function<void()> task) {
   tasks_.push_back(std::move(task));
 }
 
+size_t WorkerPool::pending() const {
+  absl::MutexLock lock(&mutex_);
+  return tasks_.size();
+}
+
 void WorkerPool::Loop() {
   while (true) {
     std::function<void()> task;
@@ -30,7 +37,15 @@ void WorkerPool::Loop() {
       task = std::move(tasks_.front());
       tasks_.pop_front();
     }
-    task();
+    try {
+      task();
+    } catch (const std::exception& error) {
+      // Tasks answer their own requests (their state's guard does when they cannot); the pool
+      // only has to survive.
+      std::cerr << "anoclip-server: a worker task threw: " << error.what() << std::endl;
+    } catch (...) {
+      std::cerr << "anoclip-server: a worker task threw" << std::endl;
+    }
   }
 }
 

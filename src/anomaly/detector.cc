@@ -1,6 +1,5 @@
 #include "anomaly/detector.h"
 
-#include <openssl/evp.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -13,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "anomaly/detector_impl.h"
 #include "anomaly/scorer.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "io/state_dict.h"
 #include "model/clip_model.h"
@@ -89,23 +89,14 @@ absl::StatusOr<torch::Dtype> ParseDtype(const std::string& name, const torch::De
 // SHA-256 over the config and every weight (name, shape, bytes): identifies the model for
 // caches, so text features are never reused across different weights.
 std::string ComputeModelId(const model::OpenClipConfig& config, const io::StateDict& weights) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  const std::string config_json = model::OpenClipConfigToJson(config);
-  EVP_DigestUpdate(ctx, config_json.data(), config_json.size());
+  Sha256 hash;
+  hash.Update(model::OpenClipConfigToJson(config));
   for (const auto& [name, tensor] : weights) {
-    const std::string header = absl::StrCat(name, c10::str(tensor.sizes()), c10::toString(tensor.scalar_type()));
-    EVP_DigestUpdate(ctx, header.data(), header.size());
+    hash.Update(absl::StrCat(name, c10::str(tensor.sizes()), c10::toString(tensor.scalar_type())));
     const auto contiguous = tensor.contiguous();
-    EVP_DigestUpdate(ctx, contiguous.data_ptr(), contiguous.nbytes());
+    hash.Update(contiguous.data_ptr(), contiguous.nbytes());
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(ctx, digest, &length);
-  EVP_MD_CTX_free(ctx);
-  std::string hex;
-  for (unsigned int i = 0; i < 8; ++i) absl::StrAppendFormat(&hex, "%02x", digest[i]);
-  return hex;
+  return hash.HexDigest(8);
 }
 
 absl::Status CheckTtaOptions(const TtaOptions& options) {
@@ -153,12 +144,11 @@ absl::StatusOr<std::unique_ptr<Detector>> Detector::Create(const DetectorOptions
   return std::unique_ptr<Detector>(new Detector(std::move(impl)));
 }
 
-std::vector<int64_t> Detector::Tokenize(const std::string& text) const {
-  return impl_->tokenizer->Encode(text);
-}
-
-absl::StatusOr<TextFeatures> Detector::EncodeText(const PromptSpec& spec) const {
-  ANOCLIP_ASSIGN_OR_RETURN(auto prompts, BuildPromptSet(spec));
+absl::StatusOr<TextFeatures> Detector::EncodeText(const PromptSpec& spec, const TextBuildControl& control) const {
+  ANOCLIP_ASSIGN_OR_RETURN(auto prompts, BuildPromptSet(spec, control.limits));
+  if (control.chunk_rows < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk_rows must be positive; was ", control.chunk_rows));
+  }
   const int context = impl_->config.text.context_length;
   const int64_t count = static_cast<int64_t>(prompts.normal.size());
   std::vector<int64_t> ids;
@@ -171,8 +161,14 @@ absl::StatusOr<TextFeatures> Detector::EncodeText(const PromptSpec& spec) const 
   }
   try {
     torch::NoGradGuard no_grad;
-    auto tokens = torch::from_blob(ids.data(), {2 * count, context}, torch::kLong).to(impl_->device);
-    auto encoded = impl_->model->EncodeText(tokens).to(torch::kFloat32);  // [2N,D]
+    auto tokens = torch::from_blob(ids.data(), {2 * count, context}, torch::kLong);
+    std::vector<at::Tensor> chunks;
+    for (int64_t row = 0; row < 2 * count; row += control.chunk_rows) {
+      if (control.check) ANOCLIP_RETURN_IF_ERROR(control.check());
+      const int64_t rows = std::min(control.chunk_rows, 2 * count - row);
+      chunks.push_back(impl_->model->EncodeText(tokens.narrow(0, row, rows).to(impl_->device)).to(torch::kFloat32));
+    }
+    auto encoded = torch::cat(chunks);  // [2N,D]
     auto normal = encoded.narrow(0, 0, count);
     auto abnormal = encoded.narrow(0, count, count);
     auto unit = [](const at::Tensor& x) { return F::normalize(x, F::NormalizeFuncOptions().dim(-1)); };
@@ -182,6 +178,8 @@ absl::StatusOr<TextFeatures> Detector::EncodeText(const PromptSpec& spec) const 
     return features;
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("text encoding failed: ", error.what_without_backtrace()));
+  } catch (const std::exception& error) {
+    return absl::InternalError(absl::StrCat("text encoding failed: ", error.what()));
   }
 }
 
@@ -289,8 +287,9 @@ absl::StatusOr<std::vector<Detection>> Detector::Detect(
       const auto& o = option(i);
       if (!o.tta) continue;
       const auto& t = o.tta_options;
-      std::string key = absl::StrCat(t.steps, "/", t.lr, "/", t.sigma, "/", static_cast<int>(t.init), "/",
-                                     t.seed, "/", text[i]->prompts.size(0));
+      // %a prints doubles exactly: settings that differ in any bit never share an adapter.
+      std::string key = absl::StrFormat("%d/%a/%a/%d/%d/%d", t.steps, t.lr, t.sigma, static_cast<int>(t.init),
+                                        t.seed, text[i]->prompts.size(0));
       if (t.noise) absl::StrAppend(&key, "/noise", i);  // injected noise: adapt on its own
       groups[key].push_back(i);
     }
@@ -317,6 +316,10 @@ absl::StatusOr<std::vector<Detection>> Detector::Detect(
     return detections;
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("detection failed: ", error.what_without_backtrace()));
+  } catch (const std::exception& error) {
+    // Anything else the libraries throw (std::runtime_error from a numeric edge case) fails this
+    // batch, never the process.
+    return absl::InternalError(absl::StrCat("detection failed: ", error.what()));
   }
 }
 

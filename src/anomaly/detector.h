@@ -67,10 +67,15 @@ class Detector {
   const std::string& model_id() const;
   const std::string& device_name() const;
 
-  // Token ids of one text, for tests and tools.
-  std::vector<int64_t> Tokenize(const std::string& text) const;
-
-  absl::StatusOr<TextFeatures> EncodeText(const PromptSpec& spec) const;
+  // Encodes the spec's prompts `chunk_rows` at a time (bounding memory), running `check`
+  // between chunks: its error (cancelled, deadline passed) stops the build and is returned.
+  struct TextBuildControl {
+    PromptLimits limits;
+    int64_t chunk_rows = 256;
+    std::function<absl::Status()> check;
+  };
+  absl::StatusOr<TextFeatures> EncodeText(const PromptSpec& spec, const TextBuildControl& control) const;
+  absl::StatusOr<TextFeatures> EncodeText(const PromptSpec& spec) const { return EncodeText(spec, {}); }
 
   // `images`: [B,3,S,S] float32 CPU, preprocessed. `text[i]` and `options[i]` belong to image i
   // (`options` may hold one entry for all). One vision forward for the whole batch.

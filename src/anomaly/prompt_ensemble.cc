@@ -52,6 +52,29 @@ std::string ExpandTemplate(const std::string& tpl, const std::string& domain) {
   return text;
 }
 
+// Names end up in file keys, logs and metrics labels: printable UTF-8 only.
+absl::Status CheckText(const std::string& text, const char* name) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < 0x20 || byte == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " contains a control character (byte ", int{byte}, ")"));
+    }
+    int length = byte < 0x80 ? 1 : (byte >> 5) == 0x6 ? 2 : (byte >> 4) == 0xe ? 3 : (byte >> 3) == 0x1e ? 4 : 0;
+    if (length == 0 || i + length > text.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+    }
+    for (int k = 1; k < length; ++k) {
+      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) {
+        return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+      }
+    }
+    if (length == 2 && byte < 0xc2) return absl::InvalidArgumentError(absl::StrCat(name, " is not valid UTF-8"));
+    i += length;
+  }
+  return absl::OkStatus();
+}
+
 size_t CountPlaceholders(const std::string& text) {
   size_t count = 0;
   for (size_t pos = text.find("{}"); pos != std::string::npos; pos = text.find("{}", pos + 2)) ++count;
@@ -69,6 +92,7 @@ absl::Status CheckList(const std::vector<std::string>& list, const char* name,
       return absl::InvalidArgumentError(absl::StrCat(name, " entries must be 1..",
                                                      limits.max_entry_bytes, " bytes"));
     }
+    if (auto s = CheckText(entry, name); !s.ok()) return s;
     if (needs_placeholder && CountPlaceholders(entry) != 1) {
       return absl::InvalidArgumentError(
           absl::StrCat(name, " entry \"", entry, "\" must contain \"{}\" exactly once"));
@@ -80,9 +104,25 @@ absl::Status CheckList(const std::vector<std::string>& list, const char* name,
 }  // namespace
 
 std::string PromptSpec::CacheKey() const {
-  return absl::StrCat(class_name, "\x1f", kind, "\x1f", absl::StrJoin(domains, "\x1e"), "\x1f",
-                      absl::StrJoin(normal_states, "\x1e"), "\x1f",
-                      absl::StrJoin(abnormal_states, "\x1e"));
+  std::string key = "spec/2";
+  auto add = [&key](const std::string& field) { absl::StrAppend(&key, ":", field.size(), ":", field); };
+  auto add_list = [&](const std::vector<std::string>& list) {
+    absl::StrAppend(&key, "[", list.size());
+    for (const auto& entry : list) add(entry);
+    key += "]";
+  };
+  add(class_name);
+  add(kind);
+  add_list(domains);
+  add_list(normal_states);
+  add_list(abnormal_states);
+  return key;
+}
+
+size_t PromptsPerState(const PromptSpec& spec) {
+  const size_t domains = spec.domains.empty() ? DefaultDomains(spec.kind).size() : spec.domains.size();
+  const size_t states = spec.normal_states.empty() ? DefaultNormalStates().size() : spec.normal_states.size();
+  return domains * kTemplates.size() * states;
 }
 
 std::string DefaultKindForClass(const std::string& class_name) {
@@ -99,6 +139,7 @@ absl::StatusOr<PromptSet> BuildPromptSet(const PromptSpec& spec, const PromptLim
     return absl::InvalidArgumentError(absl::StrCat("class name is ", spec.class_name.size(),
                                                    " bytes; at most ", limits.max_class_name_bytes));
   }
+  if (auto s = CheckText(spec.class_name, "class name"); !s.ok()) return s;
   if (spec.kind != "object" && spec.kind != "texture") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown kind \"", spec.kind, "\"; expected object or texture"));
@@ -110,6 +151,11 @@ absl::StatusOr<PromptSet> BuildPromptSet(const PromptSpec& spec, const PromptLim
     return absl::InvalidArgumentError(absl::StrCat(
         "normal_states and abnormal_states must have the same count; got ",
         spec.normal_states.size(), " and ", spec.abnormal_states.size()));
+  }
+  if (const size_t prompts = PromptsPerState(spec); prompts > limits.max_prompts_per_state) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the spec expands to ", prompts, " prompts per state (domains x 22 templates x states); at most ",
+        limits.max_prompts_per_state));
   }
 
   const auto domains = spec.domains.empty() ? DefaultDomains(spec.kind) : spec.domains;

@@ -16,7 +16,8 @@ struct PromptSpec {
   std::vector<std::string> domains;            // e.g. "industrial photo"; default by kind
   std::vector<std::string> normal_states;      // templates with "{}", default 7 of the paper
   std::vector<std::string> abnormal_states;    // same count as normal_states
-  // Stable key for caches: class, kind and every list.
+  // Stable, unambiguous key for caches: every field and list entry length-prefixed, so two
+  // different specs never share a key whatever bytes their names hold.
   std::string CacheKey() const;
 };
 
@@ -29,13 +30,19 @@ struct PromptLimits {
   size_t max_class_name_bytes = 256;
   size_t max_custom_entries = 64;  // per list
   size_t max_entry_bytes = 256;
+  // domains x 22 templates x states; the defaults make 462. Bounds the text encoder's work and
+  // memory for one spec.
+  size_t max_prompts_per_state = 2048;
 };
 
 // "texture" for MVTec AD's texture classes (carpet, leather, grid, tile, wood), else "object".
 std::string DefaultKindForClass(const std::string& class_name);
 
-// Validates the spec (non-empty class, known kind, limits, each state containing one "{}") and
-// expands it.
+// Validates the spec (non-empty class of valid UTF-8 without control characters, known kind,
+// limits, each state containing one "{}") and expands it.
 absl::StatusOr<PromptSet> BuildPromptSet(const PromptSpec& spec, const PromptLimits& limits = {});
+
+// Prompts per state the spec expands to, without expanding it.
+size_t PromptsPerState(const PromptSpec& spec);
 
 }  // namespace anoclip::anomaly

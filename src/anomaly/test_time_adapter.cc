@@ -27,11 +27,13 @@ absl::StatusOr<TestTimeAdapter> TestTimeAdapter::Create(const TtaOptions& option
   if (options.steps < 1 || options.steps > 100) {
     return absl::InvalidArgumentError(absl::StrCat("tta steps must be in 1..100; was ", options.steps));
   }
-  if (!(options.lr > 0) || !std::isfinite(options.lr)) {
-    return absl::InvalidArgumentError(absl::StrCat("tta lr must be positive; was ", options.lr));
+  // Past these bounds AdamW's updates overflow float32 within a step or the noise drowns the
+  // tokens (their norms are O(1..10)): nothing useful is computed there.
+  if (!(options.lr > 0 && options.lr <= kMaxTtaLr)) {
+    return absl::InvalidArgumentError(absl::StrCat("tta lr must be in (0, ", kMaxTtaLr, "]; was ", options.lr));
   }
-  if (!(options.sigma >= 0) || !std::isfinite(options.sigma)) {
-    return absl::InvalidArgumentError(absl::StrCat("tta sigma must be >= 0; was ", options.sigma));
+  if (!(options.sigma >= 0 && options.sigma <= kMaxTtaSigma)) {
+    return absl::InvalidArgumentError(absl::StrCat("tta sigma must be in [0, ", kMaxTtaSigma, "]; was ", options.sigma));
   }
   return TestTimeAdapter(options);
 }

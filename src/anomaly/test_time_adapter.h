@@ -24,6 +24,10 @@ enum class TtaInit {
   kRandom,  // default nn.Linear initialisation (the authors' code)
 };
 
+inline constexpr int kMaxTtaSteps = 100;
+inline constexpr double kMaxTtaLr = 1.0;
+inline constexpr double kMaxTtaSigma = 10.0;
+
 struct TtaOptions {
   int steps = 5;
   double lr = 1e-3;
@@ -41,7 +45,7 @@ struct TtaResult {
 
 class TestTimeAdapter {
  public:
-  // InvalidArgument for steps outside 1..100, non-positive/non-finite lr or sigma < 0.
+  // InvalidArgument for steps outside 1..100, lr outside (0, 1], sigma outside [0, 10], NaN.
   static absl::StatusOr<TestTimeAdapter> Create(const TtaOptions& options);
 
   // patches [B,M,D] (unnormalised patch tokens), prompts [B,2N,D] (rows of T), text_features

@@ -61,7 +61,7 @@ absl::Status Invalid(const std::string& path, const std::string& what) {
 
 }  // namespace
 
-absl::StatusOr<StateDict> ReadSafetensors(const std::string& path) {
+absl::StatusOr<StateDict> ReadSafetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   struct stat info;
@@ -102,6 +102,10 @@ absl::StatusOr<StateDict> ReadSafetensors(const std::string& path) {
   for (const auto& [key, entry] : header.items()) {
     if (key == "__metadata__") {
       if (!entry.is_object()) return Invalid(path, "__metadata__ must be an object");
+      for (const auto& [name, value] : entry.items()) {
+        if (!value.is_string()) return Invalid(path, absl::StrCat("__metadata__ value ", name, " must be a string"));
+        if (metadata != nullptr) (*metadata)[name] = value.get<std::string>();
+      }
       continue;
     }
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||

@@ -19,7 +19,9 @@ using StateDict = std::map<std::string, at::Tensor>;
 // Safetensors (https://github.com/huggingface/safetensors). The file is memory-mapped and the
 // tensors alias the mapping (zero-copy); the mapping lives as long as any tensor does.
 // Supported dtypes: F32, F16, BF16, I64, I32.
-absl::StatusOr<StateDict> ReadSafetensors(const std::string& path);
+// `metadata` (optional) receives the header's __metadata__ strings.
+absl::StatusOr<StateDict> ReadSafetensors(const std::string& path,
+                                          std::map<std::string, std::string>* metadata = nullptr);
 
 // Writes contiguous CPU copies of the tensors, keys sorted, with optional string metadata.
 absl::Status WriteSafetensors(const std::string& path, const StateDict& tensors,

@@ -1,7 +1,12 @@
-// Batch forming, capacity, deadlines and cancellation, on a fake clock (no batcher thread).
+// DynamicBatcher<Task>: batch forming, capacity, deadlines, cancellation and the completion
+// guard, on a fake clock with the caller running batches (no batcher thread), plus the thread's
+// policy with an engine stand-in that the test holds busy.
 #include "server/dynamic_batcher.h"
 
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <stdexcept>
 
 namespace anoclip::server {
 namespace {
@@ -12,99 +17,196 @@ class FakeClock : public Clock {
   absl::Time now = absl::FromUnixSeconds(1000);
 };
 
-struct Harness {
-  FakeClock clock;
-  std::vector<absl::Status> dropped;
-  std::unique_ptr<DynamicBatcher> batcher;
-
-  explicit Harness(BatcherOptions options) {
-    options.start_thread = false;
-    batcher = DynamicBatcher::Create(options, [](auto) {}, &clock).value();
+// A task that records every answer it gets, so "exactly once" can be checked.
+struct Answers {
+  absl::Mutex mutex;
+  std::vector<std::pair<int, absl::Status>> list;  // (task id, status)
+  void Add(int id, absl::Status status) {
+    absl::MutexLock lock(&mutex);
+    list.emplace_back(id, std::move(status));
   }
-  absl::Status Submit(absl::Time deadline = absl::InfiniteFuture(), bool cancelled = false) {
-    auto item = std::make_unique<BatchItem>();
-    item->deadline = deadline;
-    item->is_cancelled = [cancelled] { return cancelled; };
-    item->on_dropped = [this](std::unique_ptr<BatchItem>, absl::Status status) { dropped.push_back(status); };
-    auto status = batcher->Submit(&item);
-    EXPECT_EQ(item == nullptr, status.ok()) << "ownership moves only on OK";
-    return status;
+  size_t size() {
+    absl::MutexLock lock(&mutex);
+    return list.size();
   }
 };
 
-BatcherOptions Options(int max_batch, int delay_ms, size_t capacity) {
+class FakeTask {
+ public:
+  FakeTask(int id, Answers* answers, absl::Time deadline = absl::InfiniteFuture(), bool cancelled = false)
+      : id_(id), answers_(answers), deadline_(deadline), cancelled_(cancelled) {}
+  absl::Time deadline() const { return deadline_; }
+  bool IsCancelled() const { return cancelled_; }
+  void Fail(absl::Status status) { Answer(std::move(status)); }
+  void Answer(absl::Status status) {
+    if (answered_.exchange(true)) return;
+    answers_->Add(id_, std::move(status));
+  }
+  int id() const { return id_; }
+
+ private:
+  int id_;
+  Answers* answers_;
+  absl::Time deadline_;
+  bool cancelled_;
+  std::atomic<bool> answered_{false};
+};
+
+using Batcher = DynamicBatcher<FakeTask>;
+
+BatcherOptions Options(int max_batch, int delay_ms, size_t capacity, bool thread = false) {
   BatcherOptions options;
   options.max_batch = max_batch;
   options.max_queue_delay = absl::Milliseconds(delay_ms);
   options.queue_capacity = capacity;
+  options.start_thread = thread;
   return options;
 }
 
-TEST(DynamicBatcherTest, WaitsForTheDelayThenTakesWhatIsThere) {
+struct Harness {
+  FakeClock clock;
+  Answers answers;
+  std::unique_ptr<Batcher> batcher;
+  int next_id = 0;
+
+  explicit Harness(BatcherOptions options, Batcher::ProcessFn process = [](Batcher::Batch&) {}) {
+    batcher = Batcher::Create(options, std::move(process), &clock).value();
+  }
+  absl::Status Submit(absl::Time deadline = absl::InfiniteFuture(), bool cancelled = false) {
+    auto task = std::make_unique<FakeTask>(next_id++, &answers, deadline, cancelled);
+    auto status = batcher->Submit(&task);
+    EXPECT_EQ(task == nullptr, status.ok()) << "ownership moves only on OK";
+    return status;
+  }
+};
+
+TEST(DynamicBatcherTest, WithoutADelayWhatIsQueuedGoesAtOnce) {
+  Harness h(Options(4, 0, 16));
+  ASSERT_TRUE(h.Submit().ok());
+  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 1u);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(h.Submit().ok());
+  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 4u);  // never more than max_batch
+  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 2u);
+}
+
+TEST(DynamicBatcherTest, ADelayIsAnUpperBoundOnTheWaitForABatchToFill) {
   Harness h(Options(4, 10, 16));
   ASSERT_TRUE(h.Submit().ok());
   ASSERT_TRUE(h.Submit().ok());
   EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(9)).empty());
   EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(10)).size(), 2u);
-  EXPECT_EQ(h.batcher->queue_depth(), 0u);
-}
-
-TEST(DynamicBatcherTest, AFullBatchGoesAtOnceAndNeverExceedsMaxBatch) {
-  Harness h(Options(4, 1000, 16));
-  for (int i = 0; i < 6; ++i) ASSERT_TRUE(h.Submit().ok());
-  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 4u);
-  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now).empty());  // 2 left, not yet due
-  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now + absl::Seconds(1)).size(), 2u);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(h.Submit().ok());
+  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 4u) << "a full batch does not wait";
 }
 
 TEST(DynamicBatcherTest, AFullQueueIsResourceExhaustedAtOnce) {
-  Harness h(Options(4, 10, 2));
-  ASSERT_TRUE(h.Submit().ok());
-  ASSERT_TRUE(h.Submit().ok());
+  Harness h(Options(2, 1000, 3));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(h.Submit().ok());
   EXPECT_EQ(h.Submit().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(h.answers.size(), 0u) << "a refused task is the caller's to answer";
 }
 
-TEST(DynamicBatcherTest, ExpiredAndCancelledItemsAreAnsweredBeforeCompute) {
-  Harness h(Options(8, 10, 16));
-  ASSERT_TRUE(h.Submit(h.clock.now + absl::Milliseconds(5)).ok());
+TEST(DynamicBatcherTest, ExpiredAndCancelledTasksAreFailedBeforeCompute) {
+  Harness h(Options(8, 0, 16));
+  ASSERT_TRUE(h.Submit(h.clock.now - absl::Seconds(1)).ok());
   ASSERT_TRUE(h.Submit(absl::InfiniteFuture(), /*cancelled=*/true).ok());
   ASSERT_TRUE(h.Submit().ok());
-  auto batch = h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(10));
-  EXPECT_EQ(batch.size(), 1u);
-  ASSERT_EQ(h.dropped.size(), 2u);
-  EXPECT_EQ(h.dropped[0].code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(h.dropped[1].code(), absl::StatusCode::kCancelled);
+  auto batch = h.batcher->TakeReadyBatch(h.clock.now);
+  ASSERT_EQ(batch.size(), 1u);
+  EXPECT_EQ(batch[0]->id(), 2);
+  ASSERT_EQ(h.answers.size(), 2u);
+  EXPECT_EQ(h.answers.list[0].second.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(h.answers.list[1].second.code(), absl::StatusCode::kCancelled);
 }
 
-TEST(DynamicBatcherTest, StoppingRefusesNewItemsAndReleasesQueuedOnes) {
-  Harness h(Options(8, 1000, 16));
-  ASSERT_TRUE(h.Submit().ok());
-  h.batcher->Stop();
-  EXPECT_EQ(h.Submit().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 1u);  // due at once when stopping
+TEST(DynamicBatcherTest, TasksTheProcessLeavesUnansweredAreFailedOnce) {
+  // The process answers task 0, hands task 1 over (moves it out) and forgets task 2.
+  std::unique_ptr<FakeTask> taken;
+  Harness h(Options(8, 0, 16), [&](Batcher::Batch& batch) {
+    batch[0]->Answer(absl::OkStatus());
+    taken = std::move(batch[1]);
+  });
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(h.Submit().ok());
+  h.batcher->RunBatch(h.batcher->TakeReadyBatch(h.clock.now));
+  ASSERT_EQ(h.answers.size(), 2u);
+  EXPECT_EQ(h.answers.list[0], std::make_pair(0, absl::OkStatus()));
+  EXPECT_EQ(h.answers.list[1].first, 2);
+  EXPECT_EQ(h.answers.list[1].second.code(), absl::StatusCode::kInternal);
+  ASSERT_NE(taken, nullptr) << "a task moved out is the process's to answer";
+}
+
+TEST(DynamicBatcherTest, AThrowingProcessFailsItsBatchWithInternalAndTheBatcherGoesOn) {
+  int runs = 0;
+  Harness h(Options(2, 0, 16), [&](Batcher::Batch& batch) {
+    if (++runs == 1) throw std::runtime_error("engine blew up");
+    for (auto& task : batch) task->Answer(absl::OkStatus());
+  });
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(h.Submit().ok());
+  h.batcher->RunBatch(h.batcher->TakeReadyBatch(h.clock.now));
+  h.batcher->RunBatch(h.batcher->TakeReadyBatch(h.clock.now));
+  ASSERT_EQ(h.answers.size(), 4u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(h.answers.list[i].second.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(h.answers.list[i].second.message().find("engine blew up"), std::string::npos);
+  }
+  EXPECT_TRUE(h.answers.list[2].second.ok());
+  EXPECT_TRUE(h.answers.list[3].second.ok());
 }
 
 TEST(DynamicBatcherTest, RejectsBadOptions) {
-  EXPECT_EQ(DynamicBatcher::Create(Options(0, 1, 1), [](auto) {}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(DynamicBatcher::Create(Options(1, 1, 0), [](auto) {}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(DynamicBatcher::Create(Options(1, -1, 1), [](auto) {}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto noop = [](Batcher::Batch&) {};
+  EXPECT_EQ(Batcher::Create(Options(0, 1, 1), noop).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Batcher::Create(Options(1, 1, 0), noop).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Batcher::Create(Options(1, -1, 1), noop).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Batcher::Create(Options(1, 1, 1), nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(DynamicBatcherTest, TheThreadRunsBatchesOfMixedArrivals) {
-  BatcherOptions options = Options(3, 20, 64);
-  std::atomic<int> processed{0}, batches{0};
-  auto batcher = DynamicBatcher::Create(options, [&](std::vector<std::unique_ptr<BatchItem>> batch) {
-                   EXPECT_LE(batch.size(), 3u);
-                   processed += static_cast<int>(batch.size());
-                   ++batches;
+// The thread: a lone task runs at once; tasks arriving while the engine is busy form the next
+// batch. The engine stand-in blocks until the test releases it, so the order is deterministic.
+TEST(DynamicBatcherTest, TheThreadRunsALoneTaskAtOnceAndBatchesWhatArrivesWhileBusy) {
+  absl::Mutex mutex;
+  bool release = false;
+  std::vector<size_t> sizes;
+  Answers answers;
+  auto batcher = Batcher::Create(Options(4, /*delay_ms=*/0, 64, /*thread=*/true), [&](Batcher::Batch& batch) {
+                   absl::MutexLock lock(&mutex);
+                   sizes.push_back(batch.size());
+                   if (sizes.size() == 1) mutex.Await(absl::Condition(&release));  // hold the first batch
+                   for (auto& task : batch) task->Answer(absl::OkStatus());
                  }).value();
-  for (int i = 0; i < 10; ++i) {
-    auto item = std::make_unique<BatchItem>();
-    ASSERT_TRUE(batcher->Submit(&item).ok());
+  auto submit = [&](int id) {
+    auto task = std::make_unique<FakeTask>(id, &answers);
+    ASSERT_TRUE(batcher->Submit(&task).ok());
+  };
+  submit(0);
+  {
+    absl::MutexLock lock(&mutex);
+    auto started = [&] { return sizes.size() == 1; };
+    mutex.Await(absl::Condition(&started));  // with no delay, the lone task is already running
+  }
+  for (int i = 1; i <= 6; ++i) submit(i);  // the engine is busy: these queue
+  {
+    absl::MutexLock lock(&mutex);
+    release = true;
   }
   batcher->Stop();
-  EXPECT_EQ(processed, 10);
-  EXPECT_GE(batches, 4);
+  EXPECT_EQ(sizes, (std::vector<size_t>{1, 4, 2}));
+  EXPECT_EQ(answers.size(), 7u);
+}
+
+TEST(DynamicBatcherTest, StopRefusesNewTasksAndRunsQueuedOnes) {
+  Answers answers;
+  auto batcher = Batcher::Create(Options(2, 60000, 16, /*thread=*/true), [&](Batcher::Batch& batch) {
+                   for (auto& task : batch) task->Answer(absl::OkStatus());
+                 }).value();
+  for (int i = 0; i < 3; ++i) {
+    auto task = std::make_unique<FakeTask>(i, &answers);
+    ASSERT_TRUE(batcher->Submit(&task).ok());
+  }
+  batcher->Stop();
+  EXPECT_EQ(answers.size(), 3u);
+  auto late = std::make_unique<FakeTask>(9, &answers);
+  EXPECT_EQ(batcher->Submit(&late).code(), absl::StatusCode::kUnavailable);
 }
 
 }  // namespace

@@ -1,0 +1,76 @@
+// Admission and back-pressure on their own; and the worker pool surviving what its tasks throw.
+#include "server/admission.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <thread>
+
+#include "server/worker_pool.h"
+
+namespace anoclip::server {
+namespace {
+
+TEST(AdmissionTest, BearerSchemeIsCaseInsensitive) {
+  EXPECT_EQ(BearerToken("Bearer abc"), "abc");
+  EXPECT_EQ(BearerToken("bearer abc"), "abc");
+  EXPECT_EQ(BearerToken("BEARER   abc  "), "abc");
+  EXPECT_EQ(BearerToken("Basic abc"), "");
+  EXPECT_EQ(BearerToken("Bearerabc"), "");
+  EXPECT_EQ(BearerToken("Bearer"), "");
+}
+
+TEST(AdmissionTest, RequestsBeyondTheBoundAreResourceExhaustedAndSlotsAreReturned) {
+  auto admission = Admission::Create({"", 2}).value();
+  auto a = admission->AdmitRequest();
+  auto b = admission->AdmitRequest();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(admission->AdmitRequest().status().code(), absl::StatusCode::kResourceExhausted);
+  a->Release();
+  EXPECT_EQ(admission->requests(), 1);
+  {
+    auto c = admission->AdmitRequest();
+    EXPECT_TRUE(c.ok());
+    EXPECT_EQ(admission->requests(), 2);
+  }
+  EXPECT_EQ(admission->requests(), 1) << "a slot is returned when it goes out of scope";
+  Admission::Slot moved = std::move(b).value();
+  EXPECT_EQ(admission->requests(), 1) << "moving a slot does not return it";
+}
+
+TEST(AdmissionTest, DrainingRefusesWithUnavailableAndWaitsForOpenCalls) {
+  auto admission = Admission::Create({"", 8}).value();
+  auto slot = std::make_unique<Admission::Slot>(admission->AdmitRequest().value());
+  admission->BeginDrain();
+  EXPECT_EQ(admission->AdmitRequest().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(admission->WaitForIdle(absl::Milliseconds(1))) << "requests alone do not hold a drain; calls do";
+  EXPECT_EQ(Admission::Create({"", 0}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(WorkerPoolTest, ATaskThatThrowsDoesNotStopThePool) {
+  std::atomic<int> ran{0};
+  {
+    WorkerPool pool(2);
+    pool.Post([] { throw std::runtime_error("boom"); });
+    pool.Post([] { throw 42; });
+    for (int i = 0; i < 10; ++i) pool.Post([&] { ++ran; });
+  }  // the destructor runs what is queued, then joins
+  EXPECT_EQ(ran, 10);
+}
+
+TEST(WorkerPoolTest, QueuedTasksRunBeforeTheDestructorReturns) {
+  std::atomic<int> ran{0};
+  {
+    WorkerPool pool(1);
+    pool.Post([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      ++ran;
+    });
+    for (int i = 0; i < 5; ++i) pool.Post([&] { ++ran; });
+  }
+  EXPECT_EQ(ran, 6);
+}
+
+}  // namespace
+}  // namespace anoclip::server
