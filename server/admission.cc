@@ -2,9 +2,12 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace anoclip::server {
 
@@ -42,6 +45,10 @@ std::string BearerToken(absl::string_view authorization) {
 
 absl::StatusOr<Admission::Slot> Admission::AdmitCall(const grpc::ServerContextBase& context) {
   if (!options_.auth_token.empty()) {
+    {
+      absl::MutexLock lock(&mutex_);
+      last_arrival_ = absl::Now();
+    }
     const auto& metadata = context.client_metadata();
     auto it = metadata.find("authorization");
     const std::string token =
@@ -51,6 +58,7 @@ absl::StatusOr<Admission::Slot> Admission::AdmitCall(const grpc::ServerContextBa
     if (!ok) return absl::UnauthenticatedError("missing or wrong bearer token");
   }
   absl::MutexLock lock(&mutex_);
+  last_arrival_ = absl::Now();
   if (draining_) return absl::UnavailableError("the server is draining; retry on another replica");
   ++calls_;
   return Slot(this, &Admission::calls_);
@@ -92,10 +100,21 @@ int Admission::requests() const {
   return requests_;
 }
 
-bool Admission::WaitForIdle(absl::Duration timeout) const {
-  absl::MutexLock lock(&mutex_);
-  auto idle = [this]() { return calls_ == 0; };
-  return mutex_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+bool Admission::WaitForQuiet(absl::Duration quiet, absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    absl::Time quiet_from;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto idle = [this]() { return calls_ == 0; };
+      if (!mutex_.AwaitWithDeadline(absl::Condition(&idle), deadline)) return false;
+      quiet_from = last_arrival_ + quiet;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= quiet_from) return true;
+    if (now >= deadline) return false;
+    absl::SleepFor(std::min(quiet_from, deadline) - now);
+  }
 }
 
 }  // namespace anoclip::server

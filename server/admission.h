@@ -51,8 +51,10 @@ class Admission {
   bool draining() const;
   int calls() const;
   int requests() const;
-  // Waits until no call is open or `timeout` passes; true when idle.
-  bool WaitForIdle(absl::Duration timeout) const;
+  // Waits until no call is open and none has arrived for `quiet`, or until `timeout` passes;
+  // true when quiet. Callers that were refused during a drain have by then stopped sending, so
+  // gRPC's own shutdown (which answers CANCELLED) meets no new call.
+  bool WaitForQuiet(absl::Duration quiet, absl::Duration timeout) const;
 
  private:
   explicit Admission(AdmissionOptions options) : options_(std::move(options)) {}
@@ -63,6 +65,7 @@ class Admission {
   bool draining_ ABSL_GUARDED_BY(mutex_) = false;
   int calls_ ABSL_GUARDED_BY(mutex_) = 0;
   int requests_ ABSL_GUARDED_BY(mutex_) = 0;
+  absl::Time last_arrival_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
 };
 
 // The token of an "authorization" value: "Bearer <token>" with the scheme in any case and

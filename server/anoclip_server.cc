@@ -227,11 +227,12 @@ void AnoclipServer::Drain(absl::Duration timeout) {
   if (state_->drained) return;
   state_->drained = true;
   state_->SetHealth(false);
-  // New calls get UNAVAILABLE from admission while the accepted ones finish; only then does gRPC
-  // shut down, which would answer new calls CANCELLED.
+  // New calls get UNAVAILABLE from admission while the accepted ones finish and callers move
+  // away (a quiet spell with no new call); only then does gRPC shut down, which would answer a
+  // new call CANCELLED.
   state_->service->BeginDrain();
   const absl::Time deadline = absl::Now() + timeout;
-  state_->service->WaitForIdle(timeout);
+  state_->service->WaitForQuiet(std::min(absl::Milliseconds(500), timeout), timeout);
   state_->grpc_server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now() + absl::Seconds(1))));
   state_->service->Stop();
   state_->grpc_server->Wait();

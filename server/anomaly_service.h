@@ -34,8 +34,10 @@ class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackServi
 
   // New calls are refused with UNAVAILABLE; accepted ones finish.
   void BeginDrain() { admission_->BeginDrain(); }
-  // True once no call is open, or false after `timeout`.
-  bool WaitForIdle(absl::Duration timeout) const { return admission_->WaitForIdle(timeout); }
+  // True once no call is open and none arrived for `quiet`; false after `timeout`.
+  bool WaitForQuiet(absl::Duration quiet, absl::Duration timeout) const {
+    return admission_->WaitForQuiet(quiet, timeout);
+  }
   // Runs what the batcher holds and joins the threads.
   void Stop() { pipeline_->Stop(); }
 

@@ -71,7 +71,9 @@ struct DetectCall {
 
 absl::Time DetectTask::deadline() const { return call_->deadline; }
 bool DetectTask::IsCancelled() const { return call_->Cancelled(); }
-void DetectTask::Fail(absl::Status status) { call_->Answer(std::move(status)); }
+void DetectTask::Fail(absl::Status status) {
+  if (call_) call_->Answer(std::move(status));
+}
 
 namespace {
 
@@ -211,7 +213,9 @@ void DetectPipeline::RunBatch(std::vector<std::unique_ptr<DetectTask>>& batch) {
     return;
   }
   for (size_t i = 0; i < batch.size(); ++i) {
-    auto call = batch[i]->TakeCall();
+    // Taken out of the batch: from here the post-processing task answers it.
+    std::unique_ptr<DetectTask> task = std::move(batch[i]);
+    auto call = task->TakeCall();
     call->response.mutable_timings()->set_batch_size(static_cast<int>(batch.size()));
     workers_->Post([this, call, detection = std::move((*detections)[i])] {
       Guarded(*call, "post-processing", [&] {

@@ -44,7 +44,8 @@ TEST(AdmissionTest, DrainingRefusesWithUnavailableAndWaitsForOpenCalls) {
   auto slot = std::make_unique<Admission::Slot>(admission->AdmitRequest().value());
   admission->BeginDrain();
   EXPECT_EQ(admission->AdmitRequest().status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_TRUE(admission->WaitForIdle(absl::Milliseconds(1))) << "requests alone do not hold a drain; calls do";
+  EXPECT_TRUE(admission->WaitForQuiet(absl::ZeroDuration(), absl::Milliseconds(1)))
+      << "requests alone do not hold a drain; calls do";
   EXPECT_EQ(Admission::Create({"", 0}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

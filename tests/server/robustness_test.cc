@@ -6,6 +6,8 @@
 #include <atomic>
 #include <thread>
 
+#include <opencv2/imgcodecs.hpp>
+
 #include "server_fixture.h"
 
 namespace anoclip::server {
@@ -23,8 +25,8 @@ class RobustnessTest : public ServerTest {
 
 // Reads a counter's value from /metrics text, 0 when absent.
 double MetricValue(const std::string& metrics, const std::string& series) {
-  const size_t at = metrics.find(series + " ");
-  return at == std::string::npos ? 0 : std::stod(metrics.substr(at + series.size() + 1));
+  const size_t at = metrics.find("\n" + series + " ");
+  return at == std::string::npos ? 0 : std::stod(metrics.substr(at + series.size() + 2));
 }
 
 TEST_F(RobustnessTest, TtaWithAHugeLearningRateIsRefusedAndTheServerLives) {
@@ -65,9 +67,16 @@ TEST_F(RobustnessTest, AStreamThatIsNeverReadStopsBeingRead) {
   config.max_stream_unwritten = 4;
   StartServer(config);
   ExpectServing();  // builds the class, so the stream's requests are quick
-  // Float32 heatmaps at 200x150 are 120 kB each, more than the transport buffers, so unread
-  // responses stay unwritten.
-  auto request = Request(2, "bottle");
+  // A smooth 700x700 image compresses to a small request, and its float32 heatmap at input size
+  // is 1.96 MB: a few of them fill what the transport buffers, so unread responses stay unwritten.
+  cv::Mat rgb(700, 700, CV_8UC3);
+  for (int y = 0; y < rgb.rows; ++y) {
+    for (int x = 0; x < rgb.cols; ++x) rgb.at<cv::Vec3b>(y, x) = cv::Vec3b(x % 256, y % 256, 128);
+  }
+  std::vector<uchar> png;
+  ASSERT_TRUE(cv::imencode(".png", rgb, png));
+  auto request = Request(0, "bottle");
+  request.set_image_bytes(std::string(png.begin(), png.end()));
   request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FLOAT32);
   grpc::ClientContext context;
   auto stream = stub_->Inspect(&context);
@@ -87,8 +96,10 @@ TEST_F(RobustnessTest, AStreamThatIsNeverReadStopsBeingRead) {
   std::this_thread::sleep_for(std::chrono::seconds(1));
   seen = MetricValue(Metrics(), answered);
   EXPECT_GE(seen, 1);
-  // A response or two may have reached the transport's buffers; all 40 must not be in memory.
-  EXPECT_LE(seen, config.max_stream_unwritten + 2) << "the server kept reading a stream nobody reads";
+  std::cerr << "requests answered on the unread stream: " << seen << " of " << kSent << " sent\n";
+  // Some responses reach the transport's buffers (its flow-control windows grow to a few MB);
+  // the rest must not be read, let alone held.
+  EXPECT_LE(seen, config.max_stream_unwritten + 8) << "the server kept reading a stream nobody reads";
   context.TryCancel();
   writer.join();
   ExpectServing();
@@ -142,15 +153,15 @@ TEST_F(RobustnessTest, ABusyPortOrABadPortStopsStartUp) {
 TEST_F(RobustnessTest, MadeUpClassNamesAreLimited) {
   auto config = TinyConfig();
   config.max_class_builds_per_minute = 2;
+  config.warm = {{"bottle", ""}};  // warming is never limited
   StartServer(config);
   std::vector<grpc::StatusCode> codes;
   for (const char* name : {"bottel", "botle", "bottl", "bottle"}) {
     DetectResponse response;
     codes.push_back(Detect(Request(0, name), &response).error_code());
   }
-  EXPECT_EQ(codes, (std::vector<grpc::StatusCode>{grpc::OK, grpc::OK, grpc::RESOURCE_EXHAUSTED,
-                                                  grpc::RESOURCE_EXHAUSTED}));
-  EXPECT_EQ(MetricValue(Metrics(), "anoclip_text_bank_builds_refused_total"), 2);
+  EXPECT_EQ(codes, (std::vector<grpc::StatusCode>{grpc::OK, grpc::OK, grpc::RESOURCE_EXHAUSTED, grpc::OK}));
+  EXPECT_EQ(MetricValue(Metrics(), "anoclip_text_bank_builds_refused_total"), 1);
   ExpectServing();
 }
 

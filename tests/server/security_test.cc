@@ -55,14 +55,14 @@ ServerConfig Config() {
 }
 
 grpc::Status Info(const std::shared_ptr<grpc::ChannelCredentials>& credentials, int port,
-                  const std::string& token = "") {
+                  const std::string& token = "", const std::string& scheme = "Bearer ") {
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("localhost");
   auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), credentials, args);
   auto stub = anoclip::v1::AnomalyDetection::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  if (!token.empty()) context.AddMetadata("authorization", scheme + token);
   anoclip::v1::GetModelInfoResponse response;
   return stub->GetModelInfo(&context, {}, &response);
 }
@@ -105,6 +105,27 @@ TEST(SecurityTest, BearerToken) {
   EXPECT_EQ(Info(grpc::InsecureChannelCredentials(), port, "s3cret-tokeX").error_code(), grpc::UNAUTHENTICATED);
   EXPECT_EQ(Info(grpc::InsecureChannelCredentials(), port, "s3cret").error_code(), grpc::UNAUTHENTICATED);
   EXPECT_EQ(Info(grpc::InsecureChannelCredentials(), port).error_code(), grpc::UNAUTHENTICATED);
+  // The scheme is case-insensitive (RFC 7235); the token is not.
+  EXPECT_TRUE(Info(grpc::InsecureChannelCredentials(), port, "s3cret-token", "bearer ").ok());
+  EXPECT_TRUE(Info(grpc::InsecureChannelCredentials(), port, "s3cret-token", "BEARER ").ok());
+  EXPECT_EQ(Info(grpc::InsecureChannelCredentials(), port, "S3CRET-TOKEN").error_code(), grpc::UNAUTHENTICATED);
+  EXPECT_EQ(Info(grpc::InsecureChannelCredentials(), port, "s3cret-token", "Basic ").error_code(),
+            grpc::UNAUTHENTICATED);
+}
+
+TEST(SecurityTest, AKeyThatDoesNotMatchTheCertificateIsNamedAtStartUp) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok()) << ReadFile(certs.Path("openssl.log"));
+  auto config = Config();
+  config.tls_cert = certs.Path("server.pem");
+  config.tls_key = certs.Path("client.key");
+  auto server = AnoclipServer::Start(config);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(server.status().message().find("does not match the certificate"), std::string::npos) << server.status();
+  config.tls_key = certs.Path("openssl.log");
+  server = AnoclipServer::Start(config);
+  EXPECT_NE(server.status().message().find("holds no PEM private key"), std::string::npos) << server.status();
 }
 
 }  // namespace

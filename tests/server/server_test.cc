@@ -303,6 +303,7 @@ TEST_F(ServerTest, DrainUnderLoadLosesNoAcceptedRequest) {
           ++refused;  // arrived after the drain began: never accepted
         } else {
           ++other;
+          ADD_FAILURE() << "code " << status.error_code() << ": " << status.error_message();
         }
       }
     });
