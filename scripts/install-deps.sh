@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Installs every Debian package anoclip-serve needs to build, test and run. Idempotent.
+#   install-deps.sh          what the build, the tests and CI need
+#   install-deps.sh --fuzz   that and clang with libFuzzer (scripts/fuzz.sh)
 set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl ca-certificates openssl
   libtorch-dev libopenblas0-openmp
-  libopencv-dev
+  libopencv-dev libpng-dev libjpeg-dev libtiff-dev libwebp-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libre2-dev libssl-dev libicu-dev zlib1g-dev
   prometheus-cpp-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
 )
+
+# clang's libFuzzer and sanitizer runtimes, and its OpenMP (configuring with clang finds it).
+if [ "${1:-}" = "--fuzz" ]; then
+  PACKAGES+=(clang libclang-rt-14-dev libomp-14-dev)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

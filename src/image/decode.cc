@@ -9,7 +9,10 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <webp/decode.h>
+
 #include "absl/strings/str_cat.h"
+#include "image/codec_probe.h"
 #include "common/files.h"
 
 namespace anoclip::image {
@@ -92,13 +95,51 @@ absl::StatusOr<ImageHeader> PeekTiff(const uint8_t* p, size_t n) {
     const size_t entry = ifd + 2 + 12 * i;
     const uint32_t tag = u16(entry), type = u16(entry + 2);
     if (tag != 256 && tag != 257) continue;  // ImageWidth, ImageLength
-    if (type != 3 && type != 4) {            // SHORT or LONG, the value stored inline
+    int64_t& size = tag == 256 ? width : height;
+    if (size != 0) continue;  // libtiff ignores a repeated tag: the first occurrence counts
+    if (type != 3 && type != 4) {  // SHORT or LONG, the value stored inline
       return absl::InvalidArgumentError(absl::StrCat("TIFF tag ", tag, " has type ", type));
     }
-    const uint32_t value = type == 3 ? u16(entry + 8) : u32(entry + 8);
-    (tag == 256 ? width : height) = value;
+    size = type == 3 ? u16(entry + 8) : u32(entry + 8);
   }
   return ImageHeader{"tiff", width, height};
+}
+
+absl::StatusOr<ImageHeader> PeekWebp(const uint8_t* p, size_t n) {
+  int width = 0, height = 0;
+  // libwebp reads the RIFF, VP8X, VP8 or VP8L header only.
+  if (!WebPGetInfo(p, n, &width, &height)) return absl::InvalidArgumentError("WebP header is truncated or invalid");
+  return ImageHeader{"webp", width, height};
+}
+
+// A JPEG is whole when its markers, walked from SOI past every segment and entropy-coded scan,
+// reach EOI. libjpeg decodes a cut-off scan as gray without an error, so this is checked first.
+// Segments are skipped by their length, so an EOI inside an embedded thumbnail does not count.
+absl::Status CheckJpegComplete(const uint8_t* p, size_t n) {
+  const auto truncated = absl::InvalidArgumentError("JPEG is truncated: it ends before its end-of-image marker");
+  size_t pos = 2;
+  while (pos + 2 <= n) {
+    if (p[pos] != 0xFF) return absl::InvalidArgumentError("JPEG marker expected");
+    const uint8_t marker = p[pos + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++pos;
+      continue;
+    }
+    if (marker == 0xD9) return absl::OkStatus();
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {  // no length
+      pos += 2;
+      continue;
+    }
+    if (pos + 4 > n) return truncated;
+    pos += 2 + BigEndian16(p + pos + 2);
+    if (marker != 0xDA) continue;
+    // Entropy-coded data: 0xFF is followed by 0x00 (a stuffed byte) or a restart marker inside a
+    // scan; any other marker ends it.
+    while (pos + 1 < n && !(p[pos] == 0xFF && p[pos + 1] != 0x00 && (p[pos + 1] < 0xD0 || p[pos + 1] > 0xD7))) {
+      ++pos;
+    }
+  }
+  return truncated;
 }
 
 // width*height <= max_pixels for positive sides, without forming the product (a header may claim
@@ -106,6 +147,11 @@ absl::StatusOr<ImageHeader> PeekTiff(const uint8_t* p, size_t n) {
 bool WithinPixelLimit(int64_t width, int64_t height, const ImageLimits& limits) {
   constexpr int64_t kMaxSide = std::numeric_limits<int>::max();
   return width <= kMaxSide && height <= kMaxSide && height <= limits.max_pixels / width;
+}
+
+absl::Status OverLimit(const char* what, int64_t width, int64_t height, const ImageLimits& limits) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " is ", width, "x", height, "; the limit is ", limits.max_pixels, " pixels"));
 }
 
 // 8-bit RGB from what imdecode gives with IMREAD_UNCHANGED: BGR(A) or gray(+alpha), any depth.
@@ -139,7 +185,7 @@ absl::StatusOr<ImageHeader> PeekImageHeader(std::string_view bytes) {
   const size_t n = bytes.size();
   if (n == 0) return absl::InvalidArgumentError("image is empty");
   absl::StatusOr<ImageHeader> header = absl::InvalidArgumentError(
-      "unknown image format; expected PNG, JPEG, BMP or TIFF");
+      "unknown image format; expected PNG, JPEG, BMP, TIFF or WebP");
   if (n >= 8 && std::memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0) {
     header = PeekPng(p, n);
   } else if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) {
@@ -148,6 +194,8 @@ absl::StatusOr<ImageHeader> PeekImageHeader(std::string_view bytes) {
     header = PeekBmp(p, n);
   } else if (n >= 4 && (std::memcmp(p, "II*\0", 4) == 0 || std::memcmp(p, "MM\0*", 4) == 0)) {
     header = PeekTiff(p, n);
+  } else if (n >= 12 && std::memcmp(p, "RIFF", 4) == 0 && std::memcmp(p + 8, "WEBP", 4) == 0) {
+    header = PeekWebp(p, n);
   }
   if (header.ok() && (header->width <= 0 || header->height <= 0)) {
     return absl::InvalidArgumentError(
@@ -165,10 +213,31 @@ absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& l
   }
   auto header = PeekImageHeader(bytes);
   if (!header.ok()) return header.status();
-  // Checked before OpenCV allocates the pixel buffer.
-  if (!WithinPixelLimit(header->width, header->height, limits)) {
-    return absl::InvalidArgumentError(absl::StrCat("image is ", header->width, "x", header->height,
-                                                   "; the limit is ", limits.max_pixels, " pixels"));
+  // Checked before OpenCV allocates the pixel buffer: first the size our own reader sees, then,
+  // before the codec is given more than the header, the sizes the codec itself will allocate.
+  if (!WithinPixelLimit(header->width, header->height, limits)) return OverLimit("image", header->width, header->height, limits);
+  if (header->format == "jpeg") {
+    if (auto complete = CheckJpegComplete(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+        !complete.ok()) {
+      return complete;
+    }
+  }
+  auto geometry = ProbeWithCodec(header->format, bytes);
+  if (geometry.ok()) {
+    if (geometry->width <= 0 || geometry->height <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(header->format, " decoder reads the size ", geometry->width,
+                                                     "x", geometry->height));
+    }
+    if (!WithinPixelLimit(geometry->width, geometry->height, limits)) {
+      return OverLimit("image", geometry->width, geometry->height, limits);
+    }
+    if (geometry->scratch_width > 0 &&
+        !WithinPixelLimit(geometry->scratch_width, geometry->scratch_height, limits)) {
+      return OverLimit(absl::StrCat(header->format, " strip or tile").c_str(), geometry->scratch_width,
+                       geometry->scratch_height, limits);
+    }
+  } else if (geometry.status().code() != absl::StatusCode::kUnimplemented) {
+    return geometry.status();
   }
   try {
     const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
@@ -210,8 +279,7 @@ absl::StatusOr<cv::Mat> ImageFromRawTensor(std::string_view data, const std::vec
     return absl::InvalidArgumentError(absl::StrCat("raw tensor must have 1, 3 or 4 channels; has ", channels));
   }
   if (height <= 0 || width <= 0 || !WithinPixelLimit(width, height, limits)) {
-    return absl::InvalidArgumentError(absl::StrCat("raw tensor is ", width, "x", height, "; the limit is ",
-                                                   limits.max_pixels, " pixels"));
+    return OverLimit("raw tensor", width, height, limits);
   }
   if (static_cast<int64_t>(data.size()) != height * width * channels) {
     return absl::InvalidArgumentError(absl::StrCat("raw tensor holds ", data.size(), " bytes; shape needs ",

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -63,6 +64,23 @@ class Unpickler {
  public:
   Unpickler(const uint8_t* data, size_t size, caffe2::serialize::PyTorchStreamReader* reader)
       : data_(data), size_(size), reader_(reader) {}
+
+  // Values may nest deeply or, through the memo, contain themselves: freeing them by plain
+  // reference counting would recurse once per level (a stack overflow) or leak the cycle. Every
+  // value is held in values_, so emptying each container frees nothing recursively. The values
+  // Run returned are unusable afterwards.
+  ~Unpickler() {
+    for (const ValuePtr& value : values_) {
+      std::visit(
+          [](auto& v) {
+            using T = std::decay_t<decltype(v)>;
+            if constexpr (std::is_same_v<T, Tuple> || std::is_same_v<T, List> || std::is_same_v<T, Dict>) {
+              auto items = std::move(v.items);  // freed here, each item still held by values_
+            }
+          },
+          value->v);
+    }
+  }
 
   absl::StatusOr<ValuePtr> Run() {
     while (true) {
@@ -259,7 +277,10 @@ class Unpickler {
     pos_ += length + 1;
     return true;
   }
-  void Push(ValuePtr value) { stack_.push_back(std::move(value)); }
+  void Push(ValuePtr value) {
+    values_.push_back(value);
+    stack_.push_back(std::move(value));
+  }
   ValuePtr Pop() {
     auto value = stack_.back();
     stack_.pop_back();
@@ -296,7 +317,11 @@ class Unpickler {
       return Invalid("malformed persistent id");
     }
     const auto& type = std::get<Global>(tuple->items[1]->v);
-    const auto dtype = StorageTypes().at(type.name);
+    const auto storage_type = StorageTypes().find(type.name);
+    if (type.module != "torch" || storage_type == StorageTypes().end()) {
+      return Invalid(absl::StrCat("persistent id names ", type.module, ".", type.name, ", not a storage type"));
+    }
+    const auto dtype = storage_type->second;
     const std::string key = std::get<std::string>(tuple->items[2]->v);
     const int64_t numel = std::get<int64_t>(tuple->items[4]->v);
     if (storages_.count(key) == 0) {
@@ -304,7 +329,7 @@ class Unpickler {
       if (!reader_->hasRecord(record)) return Invalid(absl::StrCat("missing record ", record));
       auto [bytes, size] = reader_->getRecord(record);
       const size_t item = c10::elementSize(dtype);
-      if (numel < 0 || size != static_cast<size_t>(numel) * item) {
+      if (numel < 0 || static_cast<uint64_t>(numel) > size / item || size != static_cast<size_t>(numel) * item) {
         return Invalid(absl::StrCat("record ", record, " holds ", size, " bytes, not ", numel, " elements"));
       }
       auto storage = at::empty({numel}, at::TensorOptions().dtype(dtype));
@@ -349,13 +374,17 @@ class Unpickler {
       return Invalid("malformed _rebuild_tensor_v2 arguments");
     }
     const auto& data = storages_.at(storage->key);
+    // The last element the view reaches, offset + sum((size - 1) * stride), computed without
+    // overflow: sizes and strides come from the file and may be as large as int64 allows.
     int64_t extent = *offset;
-    bool empty = false;
+    bool empty = false, overflow = false;
     for (size_t i = 0; i < sizes->size(); ++i) {
       if ((*sizes)[i] == 0) empty = true;
-      extent += ((*sizes)[i] - 1) * (*strides)[i];
+      int64_t reach = 0;
+      overflow = overflow || __builtin_mul_overflow((*sizes)[i] - 1, (*strides)[i], &reach) ||
+                 __builtin_add_overflow(extent, reach, &extent);
     }
-    if (!empty && extent >= data.numel()) {
+    if (!empty && (overflow || extent >= data.numel())) {
       return Invalid(absl::StrCat("tensor view past the end of storage ", storage->key));
     }
     return Make(data.as_strided(*sizes, *strides, *offset));
@@ -365,6 +394,7 @@ class Unpickler {
   size_t size_;
   size_t pos_ = 0;
   caffe2::serialize::PyTorchStreamReader* reader_;
+  std::vector<ValuePtr> values_;  // every value pushed, so that the destructor can free them flat
   std::vector<ValuePtr> stack_;
   std::map<uint64_t, ValuePtr> memo_;
   std::map<std::string, at::Tensor> storages_;

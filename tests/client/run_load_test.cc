@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "anoclip/v1/anoclip.grpc.pb.h"
 #include "client/loadtest.h"
 
@@ -24,6 +25,10 @@ class FakeService final : public anoclip::v1::AnomalyDetection::Service {
  public:
   std::atomic<int> delay_ms{0};
   std::atomic<int> fail_every{0};  // every n-th request (1-based) is RESOURCE_EXHAUSTED
+  // Inspect answers nothing until this many streams are open (bounded by kHoldLimit), so that no
+  // worker can take every request before the others have opened theirs.
+  std::atomic<int> hold_answers_until_streams{0};
+  static constexpr absl::Duration kHoldLimit = absl::Seconds(20);
   std::string required_token;
 
   grpc::Status Detect(grpc::ServerContext* context, const DetectRequest* request, DetectResponse* response) override {
@@ -46,6 +51,11 @@ class FakeService final : public anoclip::v1::AnomalyDetection::Service {
     }
     DetectRequest request;
     while (stream->Read(&request)) {
+      if (const int hold = hold_answers_until_streams.load(); hold > 0) {
+        absl::MutexLock lock(&mutex_);
+        auto opened = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return streams_ >= hold; };
+        mutex_.AwaitWithTimeout(absl::Condition(&opened), kHoldLimit);  // past the limit: answer, and the test sees too few streams
+      }
       const int n = Begin(request, context->peer(), "Inspect");
       Work();
       End();
@@ -237,6 +247,9 @@ TEST_F(RunLoadTest, OpenLoopMeasuresFromTheDueTimeWhenTheServerFallsBehind) {
 }
 
 TEST_F(RunLoadTest, StreamModeSendsOverOneInspectStreamPerWorker) {
+  // Each worker opens its stream with its first request and waits for each answer before taking
+  // the next, so while the first answer is held every worker takes a request and opens a stream.
+  service_.hold_answers_until_streams = 3;
   LoadOptions options;
   options.stream = true;
   options.concurrency = 3;

@@ -173,4 +173,55 @@ TEST(StateDictTest, UnpicklerReportsMissingStorageRecords) {
 }
 
 }  // namespace
+TEST(StateDictTest, UnpicklerSurvivesDeepNestingAndSelfReference) {
+  // 300,000 nested tuples: freeing them one level at a time would overflow the stack.
+  std::string deep = std::string("\x80\x02}") + "\x8c\x01w" + ")";
+  for (int i = 0; i < 300'000; ++i) deep += "\x85";  // TUPLE1
+  deep += "s.";
+  auto nested = ReadTorchCheckpoint(CheckpointWithPickle("deep.bin", deep));
+  EXPECT_EQ(nested.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(nested.status().message()), ::testing::HasSubstr("must map names to tensors"));
+  // {'a': <the dict itself>} through the memo (BINPUT 0, BINGET 0): refused, and the sanitizer
+  // build checks that the cycle is freed.
+  const std::string cycle = std::string("\x80\x02}q\x00(\x8c\x01" "ah\x00u.", 13);
+  auto self = ReadTorchCheckpoint(CheckpointWithPickle("cycle.bin", cycle));
+  EXPECT_EQ(self.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(StateDictTest, UnpicklerRefusesViewsAndStoragesWhoseSizesOverflow) {
+  // _rebuild_tensor_v2 over storage '0' (2 floats) with size and stride near 2^62: their product
+  // wraps int64, which must not pass for "inside the storage".
+  auto pickle_with = [](const std::string& numel, const std::string& size, const std::string& stride) {
+    return std::string("\x80\x02}") + "\x8c\x01w" + "ctorch._utils\n_rebuild_tensor_v2\n" + "((" +
+           "\x8c\x07storage" + "ctorch\nFloatStorage\n" + "\x8c\x01" "0" + "\x8c\x03" "cpu" + numel + "tQ" +
+           std::string("K\x00", 2) + size + "K\x01\x86" + stride + "K\x01\x86" + "\x89" +
+           "ccollections\nOrderedDict\n)R" + "tR" + "s.";
+  };
+  std::string storage(8, '\0');
+  const std::string two = "K\x02", one = "K\x01";
+  const std::string huge = std::string("\x8a\x08\x01\x00\x00\x00\x00\x00\x00\x40", 10);  // LONG1 2^62 + 1
+  const std::string quarter = std::string("\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40", 10);  // LONG1 2^62
+  // sizes (2^62+1, 1), strides (4, 1): (2^62) * 4 wraps to 0.
+  auto wrapped = ReadTorchCheckpoint(
+      CheckpointWithPickle("wrapped_view.bin", pickle_with(two, huge, std::string("K\x04", 2)), {{"data/0", storage}}));
+  EXPECT_EQ(wrapped.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrapped.status().message()), ::testing::HasSubstr("past the end of storage"));
+  // A storage of 2^62 floats that the record's 0 bytes "hold" once numel * 4 wraps.
+  auto wrapped_numel = ReadTorchCheckpoint(
+      CheckpointWithPickle("wrapped_numel.bin", pickle_with(quarter, one, one), {{"data/0", ""}}));
+  EXPECT_EQ(wrapped_numel.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrapped_numel.status().message()), ::testing::HasSubstr("holds 0 bytes"));
+  // The same pickle with sane sizes loads, so the refusals are about the sizes.
+  auto sane = ReadTorchCheckpoint(CheckpointWithPickle("sane_view.bin", pickle_with(two, one, one), {{"data/0", storage}}));
+  ASSERT_TRUE(sane.ok()) << sane.status();
+}
+
+TEST(StateDictTest, UnpicklerRefusesAPersistentIdThatNamesNoStorageType) {
+  const std::string pickle = std::string("\x80\x02}") + "\x8c\x01w" + "(" + "\x8c\x07storage" +
+                             "ccollections\nOrderedDict\n" + "\x8c\x01" "0" + "\x8c\x03" "cpu" + "K\x02" + "tQ" + "s.";
+  auto result = ReadTorchCheckpoint(CheckpointWithPickle("not_storage.bin", pickle, {{"data/0", std::string(8, '\0')}}));
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.status().message()), ::testing::HasSubstr("not a storage type"));
+}
+
 }  // namespace anoclip::io
