@@ -26,7 +26,7 @@ test -f "$REFERENCE/bpe_simple_vocab_16e6.txt.gz" || { echo "image-check: no voc
 
 if [ ! -s "$BASE_TAR" ]; then
   echo "image-check: making $BASE_TAR"
-  mmdebstrap --variant=minbase bookworm "$BASE_TAR.part" \
+  mmdebstrap --variant=minbase --format=tar bookworm "$BASE_TAR.part" \
     "deb http://deb.debian.org/debian bookworm main" \
     "deb http://deb.debian.org/debian bookworm-updates main" \
     "deb http://deb.debian.org/debian-security bookworm-security main"
