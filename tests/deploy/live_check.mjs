@@ -171,7 +171,7 @@ for (let i = 0; i < 300 && exited === null; ++i) await sleep(100);
 check(exited === 0, `anoclip-server exited ${exited} after SIGTERM`);
 if (exited === null) server.kill('SIGKILL');
 
-console.log(`metric names used by alerts, HPA, adapter, KEDA and dashboard (${used.size}), all exported:`);
+console.log(`metric names used by alerts, HPA, adapter, KEDA and dashboard (${used.size}):`);
 console.log(`  ${[...used.keys()].sort().join(' ')}`);
 console.log(`flags checked against --help: ${[...new Set(ofKind('Deployment').flatMap((d) => d.spec.template.spec.containers[0].args.map((a) => a.split('=')[0])))].join(' ')}`);
 if (problems.length) {
