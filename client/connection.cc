@@ -3,6 +3,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
@@ -11,13 +13,14 @@
 namespace anoclip::client {
 std::set<std::string> ConnectionFlags() {
   return {"target", "ca-cert", "client-cert", "client-key", "server-name", "token", "token-file", "deadline-ms",
-          "connect-timeout-ms"};
+          "connect-timeout-ms", "max-attempts"};
 }
 
 const char kConnectionUsage[] =
     "  connection: [--target HOST:PORT | ipv4:A:P1,A:P2 | dns:///NAME:PORT] (default 127.0.0.1:50051)\n"
     "              [--ca-cert PEM [--client-cert PEM --client-key PEM] [--server-name NAME]]\n"
-    "              [--token T | --token-file FILE] [--deadline-ms N] [--connect-timeout-ms N]\n";
+    "              [--token T | --token-file FILE] [--deadline-ms N] [--connect-timeout-ms N]\n"
+    "              [--max-attempts N] (1-5, default 1: retry UNAVAILABLE calls on another replica)\n";
 
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args) {
   ConnectionOptions options;
@@ -39,6 +42,9 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
   ANOCLIP_ASSIGN_OR_RETURN(int64_t connect, args.Int("connect-timeout-ms", 5000, 1, 600000));
   options.deadline_ms = static_cast<int>(deadline);
   options.connect_timeout_ms = static_cast<int>(connect);
+  // gRPC caps a retry policy at 5 attempts.
+  ANOCLIP_ASSIGN_OR_RETURN(int64_t attempts, args.Int("max-attempts", 1, 1, 5));
+  options.max_attempts = static_cast<int>(attempts);
   if (options.client_cert.empty() != options.client_key.empty()) {
     return absl::InvalidArgumentError("--client-cert and --client-key go together");
   }
@@ -50,6 +56,22 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
   }
   if (options.target.empty()) return absl::InvalidArgumentError("--target is empty");
   return options;
+}
+
+std::string ServiceConfigJson(int max_attempts) {
+  nlohmann::json config = {{"loadBalancingConfig", {{{"round_robin", nlohmann::json::object()}}}}};
+  if (max_attempts > 1) {
+    // Every method is safe to repeat: Detect has no side effect beyond the text-bank cache. A
+    // call is retried only while no answer has begun, so a replica killed mid-call costs a retry.
+    config["methodConfig"] = {{{"name", {{{"service", "anoclip.v1.AnomalyDetection"}}}},
+                               {"retryPolicy",
+                                {{"maxAttempts", max_attempts},
+                                 {"initialBackoff", "0.05s"},
+                                 {"maxBackoff", "1s"},
+                                 {"backoffMultiplier", 2},
+                                 {"retryableStatusCodes", {"UNAVAILABLE"}}}}}};
+  }
+  return config.dump();
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options, int index) {
@@ -64,7 +86,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptio
     credentials = grpc::SslCredentials(ssl);
   }
   grpc::ChannelArguments args;
-  args.SetLoadBalancingPolicyName("round_robin");
+  args.SetServiceConfigJSON(ServiceConfigJson(options.max_attempts));
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetInt("anoclip.channel_index", index);  // distinct args: separate connections
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);

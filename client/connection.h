@@ -1,6 +1,7 @@
 // How the client reaches the service: target (host:port, ipv4:a:p1,a:p2 or dns:///name:port,
 // load balanced round robin over the addresses), TLS / mutual TLS, bearer token, per-call
-// deadline, and a bounded wait for the first connection so a dead target fails fast.
+// deadline, retries of UNAVAILABLE calls (a replica that went away), and a bounded wait for the
+// first connection so a dead target fails fast.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -23,12 +24,17 @@ struct ConnectionOptions {
   std::string token;        // sent as "authorization: Bearer <token>" on every call
   int deadline_ms = 30000;  // per call
   int connect_timeout_ms = 5000;
+  int max_attempts = 1;     // per call; above 1, UNAVAILABLE answers are retried on another pick
 };
 
 // The flags every subcommand takes, and their usage lines.
 std::set<std::string> ConnectionFlags();
 extern const char kConnectionUsage[];
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args);
+
+// The channel's service config: round_robin, and with max_attempts > 1 a retry policy for
+// UNAVAILABLE on every method of anoclip.v1.AnomalyDetection.
+std::string ServiceConfigJson(int max_attempts);
 
 // `index` distinguishes channels so they do not share one connection.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options, int index = 0);

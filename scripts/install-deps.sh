@@ -1,32 +1,34 @@
 #!/usr/bin/env bash
-# Installs every Debian package anoclip-serve needs to build, test and run. Idempotent.
-#   install-deps.sh          what the build, the tests and CI need
-#   install-deps.sh --fuzz   that and clang with libFuzzer (scripts/fuzz.sh)
+# Installs the Debian packages anoclip-serve needs (scripts/packages.txt). Idempotent.
+# Usage: install-deps.sh [SECTION...]   sections of packages.txt; without any, what building,
+#                                       the tests and CI need (runtime build test deploy-test).
+#        install-deps.sh --fuzz         that and clang with libFuzzer (scripts/fuzz.sh).
+# docker/Dockerfile runs it with "runtime build" in its build stage and "runtime" in the image.
 set -euo pipefail
+here=$(dirname "$0")
 
-PACKAGES=(
-  build-essential cmake ninja-build ccache pkg-config git curl ca-certificates openssl
-  libtorch-dev libopenblas0-openmp
-  libopencv-dev libpng-dev libjpeg-dev libtiff-dev libwebp-dev
-  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libre2-dev libssl-dev libicu-dev zlib1g-dev
-  prometheus-cpp-dev libcpp-httplib-dev
-  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-)
-
-# clang's libFuzzer and sanitizer runtimes, and its OpenMP (configuring with clang finds it).
-if [ "${1:-}" = "--fuzz" ]; then
-  PACKAGES+=(clang libclang-rt-14-dev libomp-14-dev)
+sections=("$@")
+if [ ${#sections[@]} -eq 0 ]; then
+  sections=(runtime build test deploy-test)
+elif [ "${sections[0]}" = "--fuzz" ]; then
+  sections=(runtime build test deploy-test fuzz)
 fi
-
+mapfile -t PACKAGES < <(sh "$here/packages.sh" "${sections[@]}")
 missing=()
 for pkg in "${PACKAGES[@]}"; do
+  # A tool already on the PATH from elsewhere will do (any kubectl has kustomize built in; a
+  # node from another repository brings its own npm, which Debian's npm would conflict with).
+  case "$pkg" in
+    kubernetes-client) command -v kubectl >/dev/null && continue ;;
+    nodejs) command -v node >/dev/null && continue ;;
+    npm) command -v npm >/dev/null && continue ;;
+  esac
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -39,7 +41,6 @@ case "$blas" in
   *)
     cand=$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas | head -n1 || true)
     if [ -n "$cand" ]; then
-      SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
       $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$cand"
     fi
     ;;

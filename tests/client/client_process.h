@@ -144,6 +144,15 @@ class ServerProcess {
     return -1;
   }
 
+  // SIGKILL, as when a node or container dies: no drain.
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
   std::string target() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
   std::string metrics() const { return "127.0.0.1:" + std::to_string(metrics_port_); }
   int grpc_port() const { return grpc_port_; }
