@@ -10,6 +10,7 @@ PACKAGES=(
   libabsl-dev libre2-dev libssl-dev libicu-dev zlib1g-dev
   prometheus-cpp-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
+  python3-pil chromium
 )
 
 missing=()
