@@ -88,7 +88,9 @@ absl::StatusOr<EvalRequest> EvalRequestFromArguments(const Arguments& args) {
   if (args.Has("calibration-dir") && args.Has("threshold")) {
     return absl::InvalidArgumentError("give --calibration-dir or --threshold, not both");
   }
-  if (args.Has("calibration-dir")) ANOCLIP_ASSIGN_OR_RETURN(request.calibration_dir, args.Required("calibration-dir"));
+  if (args.Has("calibration-dir")) {
+    ANOCLIP_ASSIGN_OR_RETURN(request.calibration_dir, args.Required("calibration-dir"));
+  }
   if (args.Has("threshold")) {
     ANOCLIP_ASSIGN_OR_RETURN(double threshold, args.Double("threshold", 0.5));
     ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(threshold));
@@ -130,9 +132,9 @@ absl::StatusOr<cv::Mat> ReadMask(const std::string& path, int size) {
   ANOCLIP_ASSIGN_OR_RETURN(cv::Mat rgb, ReadImageForDetector(path));
   cv::Mat gray;
   cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
-  const cv::Mat binary = (gray != 0) / 255 * 255;  // 0 or 255
+  const cv::Mat binary = gray != 0;  // 0 or 255
   const cv::Mat resized = image::ResizeBilinearLikePil(binary, size, size);
-  return cv::Mat((resized > 127) / 255);  // value/255 > 0.5
+  return cv::Mat((resized > 127) / 255);  // value/255 > 0.5, as 0/1
 }
 
 std::string ResultsPath(const EvalRequest& request, const std::string& class_name) {
