@@ -66,6 +66,9 @@ std::vector<size_t> SampleIndices(size_t count, size_t max_points) {
 RankedCounts RankScores(const std::vector<float>& scores, const std::vector<uint8_t>& labels) {
   if (scores.size() != labels.size()) throw std::invalid_argument("RankScores: scores and labels differ in count");
   std::vector<uint32_t> positive, negative;
+  const size_t positive_count = static_cast<size_t>(std::count_if(labels.begin(), labels.end(), [](uint8_t l) { return l != 0; }));
+  positive.reserve(positive_count);
+  negative.reserve(scores.size() - positive_count);
   for (size_t i = 0; i < scores.size(); ++i) {
     if (std::isnan(scores[i])) throw std::invalid_argument("RankScores: a score is NaN");
     (labels[i] ? positive : negative).push_back(OrderedKey(scores[i]));
@@ -76,6 +79,9 @@ RankedCounts RankScores(const std::vector<float>& scores, const std::vector<uint
   counts.positives = static_cast<int64_t>(positive.size());
   counts.negatives = static_cast<int64_t>(negative.size());
   // Merge from the highest key down, one point per distinct key.
+  counts.thresholds.reserve(scores.size());
+  counts.true_positives.reserve(scores.size());
+  counts.false_positives.reserve(scores.size());
   auto p = positive.rbegin(), n = negative.rbegin();
   int64_t tp = 0, fp = 0;
   while (p != positive.rend() || n != negative.rend()) {

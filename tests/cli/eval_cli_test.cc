@@ -245,33 +245,46 @@ TEST(EvalCliTest, FolderLayoutWithAndWithoutMasks) {
   EXPECT_THAT(image_only.output, HasSubstr("| part | n/a | n/a | n/a | "));
 }
 
+TEST(EvalCliTest, ProgressBarOnATerminal) {
+  if (Run("command -v script").exit_code != 0) GTEST_SKIP() << "util-linux script (a pseudo-terminal) is absent";
+  const std::string data = MakeDataset("folder", 1, 4, 64, "tty");
+  // `script` gives the command a pseudo-terminal and copies what it shows to stdout.
+  const Result run = Run("script -qec '" + ::anoclip::testing::BinDir() + "/anoclip eval --data " + data +
+                         " --dataset folder " + ModelFlags() + " --out " + Scratch() + "/tty_out --batch 1' /dev/null");
+  ASSERT_EQ(run.exit_code, 0) << run.output << run.errors;
+  EXPECT_THAT(run.output, HasSubstr("\r[##"));
+  EXPECT_THAT(run.output, HasSubstr("4/4 images (100%)"));
+  EXPECT_THAT(run.output, HasSubstr("images/s, ETA"));
+}
+
 TEST(EvalCliTest, ResumeAfterACutGivesTheSameMetrics) {
   const std::string data = MakeDataset("mvtec", 1, 6, 64, "resume");
   const std::string whole = Scratch() + "/resume_whole", cut = Scratch() + "/resume_cut";
   const std::string flags = " --dataset mvtec " + ModelFlags() + " --batch 2 --data " + data;
   const Result first = Anoclip("eval --out " + whole + flags);
   ASSERT_EQ(first.exit_code, 0) << first.errors;
-  // The same run killed in the middle of writing its fourth record.
+  // The same run killed in the middle of writing its fifth record (batches of 2 as before, so
+  // the images scored again are batched as they were the first time).
   fs::create_directories(cut + "/results");
   fs::copy_file(whole + "/run.json", cut + "/run.json");
   const std::string results = whole + "/results/bottle.bin";
-  uint64_t three = 0;
+  uint64_t four = 0;
   {
     auto all = eval::ReadResults(results);
     ASSERT_TRUE(all.ok());
-    std::vector<eval::ImageResult> kept(all->begin(), all->begin() + 3);
+    std::vector<eval::ImageResult> kept(all->begin(), all->begin() + 4);
     auto writer = eval::ResultsWriter::Open(cut + "/results/bottle.bin", 0);
     ASSERT_TRUE(writer.ok());
     for (const auto& r : kept) ASSERT_TRUE((*writer)->Append(r).ok());
   }
-  three = fs::file_size(cut + "/results/bottle.bin");
+  four = fs::file_size(cut + "/results/bottle.bin");
   {
     std::ofstream partial(cut + "/results/bottle.bin", std::ios::binary | std::ios::app);
-    partial << ReadText(results).substr(three, 100);
+    partial << ReadText(results).substr(four, 100);
   }
   const Result resumed = Anoclip("eval --resume --out " + cut + flags);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.errors;
-  EXPECT_THAT(resumed.errors, HasSubstr("3 images already scored"));
+  EXPECT_THAT(resumed.errors, HasSubstr("4 images already scored"));
   EXPECT_EQ(ReadJson(cut + "/metrics.json")["classes"], ReadJson(whole + "/metrics.json")["classes"]);
   EXPECT_EQ(resumed.output, first.output);
   // Other settings cannot resume these results.

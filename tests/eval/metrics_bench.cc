@@ -3,6 +3,8 @@
 // and masks are written as per-image results first (untimed); the timed stage is what eval does
 // after scoring: read each class's results and compute every metric, curve and PRO.
 // Not a test: `build/bin/eval_metrics_bench [DIR]` prints JSON.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -32,6 +34,14 @@ constexpr ClassSize kClasses[] = {
     {"pill", 167, 141},     {"screw", 160, 119},  {"tile", 117, 84},     {"toothbrush", 42, 30},
     {"transistor", 100, 40}, {"wood", 79, 60},     {"zipper", 151, 119}};
 constexpr int kSize = 240;
+
+// User plus system CPU seconds of this process so far: the stage is single-threaded, so on an
+// idle machine its wall time is about this; on a shared one wall time also counts waiting.
+double CpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_utime.tv_sec + usage.ru_stime.tv_sec + 1e-6 * (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
 
 std::string CpuName() {
   std::ifstream in("/proc/cpuinfo");
@@ -86,6 +96,7 @@ int main(int argc, char** argv) {
     images += c.images;
   }
   const auto start = std::chrono::steady_clock::now();
+  const double cpu_start = CpuSeconds();
   nlohmann::ordered_json per_class;
   double mean_pixel_auroc = 0, mean_pro = 0;
   for (const auto& c : kClasses) {
@@ -105,10 +116,15 @@ int main(int argc, char** argv) {
     per_class[c.name] = std::chrono::duration<double>(std::chrono::steady_clock::now() - class_start).count();
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double cpu_seconds = CpuSeconds() - cpu_start;
+  double load[1] = {0};
+  getloadavg(load, 1);
   nlohmann::ordered_json out = {{"cpu", CpuName()},
                                 {"images", images},
                                 {"map_size", kSize},
                                 {"metrics_stage_s", seconds},
+                                {"metrics_stage_cpu_s", cpu_seconds},
+                                {"load_average_1min", load[0]},
                                 {"mean_pixel_auroc", mean_pixel_auroc},
                                 {"mean_pro", mean_pro},
                                 {"per_class_s", per_class}};
