@@ -11,5 +11,7 @@ int RunDetectCommand(const std::vector<std::string>& args);
 int RunMakeTestModelCommand(const std::vector<std::string>& args);
 int RunCalibrateCommand(const std::vector<std::string>& args);
 int RunBenchCommand(const std::vector<std::string>& args);
+int RunEvalCommand(const std::vector<std::string>& args);
+int RunMakeDatasetCommand(const std::vector<std::string>& args);
 
 }  // namespace anoclip::cli

@@ -25,6 +25,8 @@ constexpr Subcommand kCommands[] = {
     {"make-test-model", anoclip::cli::RunMakeTestModelCommand,
      "write seeded random weights in the OpenCLIP layout (tests, benchmarks)"},
     {"bench", anoclip::cli::RunBenchCommand, "time the vision and text towers and test-time adaptation"},
+    {"eval", anoclip::cli::RunEvalCommand, "measure accuracy on labelled images (MVTec AD, VisA, a folder)"},
+    {"make-dataset", anoclip::cli::RunMakeDatasetCommand, "write a synthetic labelled dataset (tests, timing)"},
 };
 
 void PrintUsage(std::ostream& out) {

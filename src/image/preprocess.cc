@@ -2,21 +2,15 @@
 
 #include <ATen/ATen.h>
 
-#include <opencv2/imgproc.hpp>
+#include "image/pil_resize.h"
 
 namespace anoclip::image {
 
 at::Tensor PreprocessImage(const cv::Mat& rgb, int image_size, const NormalizeOptions& options) {
-  cv::Mat resized;
-  if (rgb.cols == image_size && rgb.rows == image_size) {
-    resized = rgb;
-  } else {
-    // PIL's BILINEAR widens its kernel when shrinking (anti-aliasing); INTER_AREA is the OpenCV
-    // filter closest to it there, INTER_LINEAR matches it when enlarging.
-    const bool shrinking = rgb.cols > image_size || rgb.rows > image_size;
-    cv::resize(rgb, resized, cv::Size(image_size, image_size), 0, 0,
-               shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
-  }
+  // The reference resizes with PIL's BILINEAR; this is the same arithmetic, not an approximation.
+  cv::Mat resized = rgb.cols == image_size && rgb.rows == image_size
+                        ? rgb
+                        : ResizeBilinearLikePil(rgb, image_size, image_size);
   if (!resized.isContinuous()) resized = resized.clone();
   auto hwc = at::from_blob(resized.data, {image_size, image_size, 3}, at::kByte);
   auto chw = hwc.permute({2, 0, 1}).to(at::kFloat).div_(255.0);

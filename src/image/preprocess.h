@@ -16,9 +16,8 @@ struct NormalizeOptions {
 };
 
 // `rgb` is CV_8UC3 in RGB order (what DecodeImage and ImageFromRawTensor return), image_size > 0.
-// Shrinking uses OpenCV INTER_AREA, the filter closest to PIL's anti-aliased BILINEAR (within the
-// reference tolerance; INTER_LINEAR is not); enlarging uses INTER_LINEAR; S×S input is not
-// resized. Stateless and thread-safe.
+// Other sizes are resized with PIL's BILINEAR arithmetic (image/pil_resize.h), anti-aliased when
+// shrinking; S×S input is not resized. Stateless and thread-safe.
 at::Tensor PreprocessImage(const cv::Mat& rgb, int image_size, const NormalizeOptions& options);
 
 }  // namespace anoclip::image
