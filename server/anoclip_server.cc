@@ -37,14 +37,14 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(options);
 }
 
-absl::StatusOr<std::map<std::string, anomaly::Calibration>> LoadCalibrations(const std::string& dir,
-                                                                             const std::string& model_id) {
-  std::map<std::string, anomaly::Calibration> calibrations;
+absl::StatusOr<std::map<std::string, inspection::Calibration>> LoadCalibrations(const std::string& dir,
+                                                                                const std::string& model_id) {
+  std::map<std::string, inspection::Calibration> calibrations;
   if (dir.empty()) return calibrations;
   std::error_code error;
   for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
     if (entry.path().extension() != ".json") continue;
-    ANOCLIP_ASSIGN_OR_RETURN(auto calibration, anomaly::LoadCalibration(entry.path().string()));
+    ANOCLIP_ASSIGN_OR_RETURN(auto calibration, inspection::LoadCalibration(entry.path().string()));
     if (calibration.model_id != model_id) {
       return absl::InvalidArgumentError(absl::StrCat(entry.path().string(), " was made with model ",
                                                      calibration.model_id, ", not the loaded ", model_id));

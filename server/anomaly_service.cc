@@ -10,11 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "anomaly/decision.h"
 #include "anomaly/scorer.h"
 #include "common/status_macros.h"
 #include "image/preprocess.h"
-#include "image/render.h"
+#include "inspection/inspect.h"
+#include "inspection/render.h"
+#include "proto/inspection_proto.h"
 
 namespace anoclip::server {
 namespace {
@@ -86,7 +87,7 @@ struct AnomalyService::Request {
   at::Tensor input;
   std::shared_ptr<const anomaly::TextFeatures> text;
   anomaly::DetectOptions options;
-  const anomaly::Calibration* calibration = nullptr;
+  const inspection::Calibration* calibration = nullptr;
   std::optional<double> threshold;
   DetectResponse response;
 };
@@ -150,7 +151,7 @@ absl::Status AnomalyService::Prepare(Request& r) {
   if (r.options.tta) ANOCLIP_RETURN_IF_ERROR(anomaly::TestTimeAdapter::Create(tta).status());
   if (o.min_region_area() < 0) return absl::InvalidArgumentError("min_region_area must be >= 0");
   if (o.decision_case() == anoclip::v1::DetectOptions::kThreshold) {
-    ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(o.threshold()));
+    ANOCLIP_RETURN_IF_ERROR(inspection::ValidateThreshold(o.threshold()));
     r.threshold = o.threshold();
   } else if (o.decision_case() == anoclip::v1::DetectOptions::kUseCalibration && o.use_calibration()) {
     auto it = options_.calibrations.find(r.spec.class_name);
@@ -246,61 +247,43 @@ void AnomalyService::Postprocess(Request& r, const anomaly::Detection& detection
   const auto& o = r.proto->options();
   auto& response = r.response;
   const int model_size = detector_->config().vision.image_size;
-  const bool original = o.heatmap_size() == anoclip::v1::HEATMAP_SIZE_ORIGINAL;
-  const int width = original ? r.rgb.cols : model_size, height = original ? r.rgb.rows : model_size;
-  const cv::Mat heatmap = image::ResizeHeatmap(TensorToMat(detection.anomaly_map), width, height);
-  double max_pixel = 0;
-  cv::minMaxLoc(heatmap, nullptr, &max_pixel);
-  auto decision = anomaly::Decide(detection.image_score, heatmap, r.calibration, r.threshold, o.min_region_area());
-  if (!decision.ok()) {
-    r.done(decision.status(), {});
+  inspection::InspectOptions inspect_options;
+  inspect_options.calibration = r.calibration;
+  inspect_options.threshold = r.threshold;
+  inspect_options.min_region_area = o.min_region_area();
+  inspect_options.size = o.heatmap_size() == anoclip::v1::HEATMAP_SIZE_ORIGINAL ? r.rgb.size()
+                                                                                : cv::Size(model_size, model_size);
+  auto inspection = inspection::Inspect(detection.image_score, TensorToMat(detection.anomaly_map), inspect_options);
+  if (!inspection.ok()) {
+    r.done(inspection.status(), {});
     return;
   }
   response.set_request_id(r.proto->request_id());
-  response.set_image_score(detection.image_score);
-  response.set_max_pixel_score(static_cast<float>(max_pixel));
+  response.set_image_score(inspection->image_score);
+  response.set_max_pixel_score(inspection->max_pixel_score);
   response.set_model_id(detector_->model_id());
   response.set_class_name(r.spec.class_name);
   response.set_kind(KindToProto(r.spec.kind));
-  if (decision->calibrated_image_score) response.set_calibrated_image_score(*decision->calibrated_image_score);
-  if (decision->is_anomalous) response.set_is_anomalous(*decision->is_anomalous);
-  std::vector<std::vector<cv::Point>> contours;
-  for (const auto& region : decision->regions) {
-    auto* out = response.add_regions();
-    out->set_x(region.x);
-    out->set_y(region.y);
-    out->set_width(region.width);
-    out->set_height(region.height);
-    out->set_area(region.area);
-    out->set_peak(region.peak);
-    out->set_mean(region.mean);
-    for (const auto& point : region.contour) {
-      out->add_contour(point.x);
-      out->add_contour(point.y);
-    }
-    contours.push_back(region.contour);
-  }
+  if (inspection->calibrated_image_score) response.set_calibrated_image_score(*inspection->calibrated_image_score);
+  if (inspection->is_anomalous) response.set_is_anomalous(*inspection->is_anomalous);
+  inspection::RegionsToProto(inspection->regions, response.mutable_regions());
 
   auto* out = response.mutable_heatmap();
   out->set_format(o.heatmap_format());
-  out->set_width(width);
-  out->set_height(height);
-  const cv::Mat gray = r.calibration != nullptr ? image::HeatmapToGray(decision->map, 0.f, 1.f)
-                                                : image::HeatmapToGray(heatmap, 0.f, 0.f);
+  out->set_width(inspection->scores.cols);
+  out->set_height(inspection->scores.rows);
   absl::StatusOr<std::string> encoded = std::string();
   switch (o.heatmap_format()) {
     case anoclip::v1::HEATMAP_FLOAT32:
-      encoded = std::string(reinterpret_cast<const char*>(heatmap.ptr<float>()), heatmap.total() * sizeof(float));
+      encoded = std::string(reinterpret_cast<const char*>(inspection->scores.ptr<float>()),
+                            inspection->scores.total() * sizeof(float));
       break;
     case anoclip::v1::HEATMAP_PNG:
-      encoded = image::EncodePng(gray);
+      encoded = inspection::EncodePng(inspection->heatmap);
       break;
-    case anoclip::v1::HEATMAP_OVERLAY_PNG: {
-      cv::Mat base = r.rgb;
-      if (!original) cv::resize(r.rgb, base, cv::Size(width, height), 0, 0, cv::INTER_AREA);
-      encoded = image::EncodePng(image::RenderOverlay(base, gray, 0.5, contours));
+    case anoclip::v1::HEATMAP_OVERLAY_PNG:
+      encoded = inspection::EncodePng(inspection::RenderOverlay(r.rgb, *inspection));
       break;
-    }
     default:
       break;
   }
@@ -318,7 +301,7 @@ void AnomalyService::Postprocess(Request& r, const anomaly::Detection& detection
   timings->set_total_seconds(SecondsSince(r.received));
   metrics_->ObservePostprocess(postprocess);
   if (r.options.tta) metrics_->ObserveTta(detection.tta_seconds);
-  metrics_->ObserveScore(r.spec.class_name, detection.image_score, decision->is_anomalous.value_or(false));
+  metrics_->ObserveScore(r.spec.class_name, detection.image_score, inspection->is_anomalous.value_or(false));
   r.done(absl::OkStatus(), std::move(response));
 }
 

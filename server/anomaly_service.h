@@ -13,11 +13,11 @@
 #include <string>
 
 #include "anoclip/v1/anoclip.grpc.pb.h"
-#include "anomaly/calibration.h"
 #include "anomaly/detector.h"
 #include "anomaly/prompt_ensemble.h"
 #include "anomaly/text_bank.h"
 #include "image/decode.h"
+#include "inspection/calibration.h"
 #include "server/dynamic_batcher.h"
 #include "server/metrics.h"
 #include "server/worker_pool.h"
@@ -31,7 +31,7 @@ struct ServiceOptions {
   image::ImageLimits image_limits;
   anomaly::PromptLimits prompt_limits;
   std::string auth_token;  // empty: no authentication
-  std::map<std::string, anomaly::Calibration> calibrations;  // by class name
+  std::map<std::string, inspection::Calibration> calibrations;  // by class name
   std::string version;
 };
 
