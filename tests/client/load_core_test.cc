@@ -24,6 +24,7 @@
 #include "client/samples.h"
 #include "common/arguments.h"
 #include "common/files.h"
+#include "image/decode.h"
 #include "inspection/inspect.h"
 #include "inspection/render.h"
 #include "proto/inspection_proto.h"
@@ -598,7 +599,8 @@ TEST(WriteResponseImagesTest, WritesWhatTheInspectionStepWritesForTheSameDetecti
   auto inspected = inspection::Inspect(0.4f, map, options);
   ASSERT_TRUE(inspected.ok()) << inspected.status();
   ASSERT_FALSE(inspected->regions.empty());
-  auto expected = inspection::EncodeImages(rgb, *inspected);
+  // The images as the service and `anoclip detect` draw them over the decoded input.
+  auto expected = inspection::EncodeImages(*image::DecodeImage(bytes), *inspected);
   ASSERT_TRUE(expected.ok());
 
   const auto r = ResponseFor(*inspected);
