@@ -2,9 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -21,6 +20,7 @@
 #include "client/latency_stats.h"
 #include "client/requests.h"
 #include "client/samples.h"
+#include "common/files.h"
 #include "common/status_macros.h"
 
 namespace anoclip::client {
@@ -80,25 +80,6 @@ absl::StatusOr<std::unique_ptr<AnomalyDetection::Stub>> Connect(const Connection
   return AnomalyDetection::NewStub(channel);
 }
 
-absl::StatusOr<anoclip::v1::ClassSpec> ClassSpecFromArguments(const Arguments& args) {
-  anoclip::v1::ClassSpec spec;
-  ANOCLIP_ASSIGN_OR_RETURN(const std::string name, args.Required("class"));
-  spec.set_name(name);
-  const std::string kind = args.String("kind");
-  if (kind == "object") {
-    spec.set_kind(anoclip::v1::KIND_OBJECT);
-  } else if (kind == "texture") {
-    spec.set_kind(anoclip::v1::KIND_TEXTURE);
-  } else if (!kind.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("--kind must be object or texture; was ", kind));
-  }
-  return spec;
-}
-
-std::string KindName(anoclip::v1::Kind kind) { return kind == anoclip::v1::KIND_TEXTURE ? "texture" : "object"; }
-
-std::string Stem(const std::string& path) { return std::filesystem::path(path).stem().string(); }
-
 std::string HumanLine(const std::string& image, const anoclip::v1::DetectResponse& r) {
   std::string line = absl::StrFormat("%s: image_score %.4f  max_pixel_score %.4f", image, r.image_score(),
                                      r.max_pixel_score());
@@ -114,6 +95,16 @@ std::string HumanLine(const std::string& image, const anoclip::v1::DetectRespons
   return line;
 }
 
+// "3 anomalous"; without a threshold there are no verdicts to count, only scores.
+std::string VerdictSummary(bool decides, size_t anomalous, std::vector<float> scores) {
+  if (decides) return absl::StrCat(anomalous, " anomalous");
+  std::string text = "no threshold was set, so no verdicts";
+  if (scores.empty()) return text;
+  std::sort(scores.begin(), scores.end());
+  return absl::StrCat(text, absl::StrFormat(" (image_score min %.4f, median %.4f, max %.4f)", scores.front(),
+                                            scores[scores.size() / 2], scores.back()));
+}
+
 // A CSV field, quoted when it has to be.
 std::string CsvField(const std::string& text) {
   if (text.find_first_of(",\"\n") == std::string::npos) return text;
@@ -123,14 +114,6 @@ std::string CsvField(const std::string& text) {
     quoted += c;
   }
   return quoted + "\"";
-}
-
-absl::Status WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  out << text;
-  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
 }
 
 // grpc.health.v1.HealthCheckRequest{service} in protobuf wire format: field 1, length-delimited.
@@ -280,14 +263,17 @@ int RunDetect(const std::vector<std::string>& words) {
       "IMAGE... --class NAME [--kind object|texture] [--tta [--seed N]] [--views 1|22]\n"
       "         [--threshold X | --use-calibration] [--min-region-area N] [--out DIR] [--json]\n"
       "  --json prints one object per image and line, with the keys of `anoclip detect --json`;\n"
-      "  --out writes NAME_heatmap.png, NAME_overlay.png and (with a decision) NAME_mask.png.",
+      "  --out writes NAME_heatmap.png, NAME_overlay.png and (with a decision) NAME_mask.png,\n"
+      "  NAME being the image's path below the folder that holds them all (a.png, x/a.png).",
       true, [](const Arguments& args, const ConnectionOptions& c) {
         if (args.positional().empty()) return absl::InvalidArgumentError("give at least one image");
         const bool out = args.Has("out");
         ANOCLIP_ASSIGN_OR_RETURN(auto request, RequestTemplate(args, out));
         ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
+        const std::vector<std::string> names = OutputNames(args.positional());
         absl::Status first_error;
-        for (const auto& path : args.positional()) {
+        for (size_t i = 0; i < args.positional().size(); ++i) {
+          const std::string& path = args.positional()[i];
           absl::Status status = [&]() -> absl::Status {
             ANOCLIP_ASSIGN_OR_RETURN(auto bytes, ReadImageBytes(path));
             request.set_image_bytes(bytes);
@@ -303,7 +289,7 @@ int RunDetect(const std::vector<std::string>& words) {
             } else {
               std::cout << HumanLine(path, response) << std::endl;
             }
-            if (out) ANOCLIP_RETURN_IF_ERROR(WriteResponseImages(response, bytes, args.String("out"), Stem(path)));
+            if (out) ANOCLIP_RETURN_IF_ERROR(WriteResponseImages(response, bytes, args.String("out"), names[i]));
             return absl::OkStatus();
           }();
           if (!status.ok()) {
@@ -326,16 +312,22 @@ int RunInspect(const std::vector<std::string>& words) {
       "         [--tta] [--views 1|22] [--threshold X | --use-calibration] [--min-region-area N]\n"
       "  Sends every image of DIR over one Inspect stream with at most --max-in-flight (default 8)\n"
       "  unanswered, prints each result as it arrives and a summary; --out also writes the images\n"
-      "  and DIR/summary.csv + summary.json.",
+      "  (NAME_heatmap.png ..., NAME the image's file name) and summary.csv + summary.json there.\n"
+      "  Without --threshold or --use-calibration there are scores but no verdicts.",
       true, [](const Arguments& args, const ConnectionOptions& c) {
         if (args.positional().size() != 1) return absl::InvalidArgumentError("give one folder of images");
-        ANOCLIP_ASSIGN_OR_RETURN(const auto paths, ImagesIn(args.positional()[0]));
-        if (paths.empty()) return absl::NotFoundError(absl::StrCat("no images in ", args.positional()[0]));
+        // Every flag is checked before the folder is read.
         ANOCLIP_ASSIGN_OR_RETURN(int64_t max_in_flight, args.Int("max-in-flight", 8, 1, 1024));
         const bool out = args.Has("out");
         const std::string out_dir = args.String("out");
         ANOCLIP_ASSIGN_OR_RETURN(auto request, RequestTemplate(args, out));
+        ANOCLIP_ASSIGN_OR_RETURN(const auto paths, ImagesIn(args.positional()[0]));
+        if (paths.empty()) return absl::NotFoundError(absl::StrCat("no images in ", args.positional()[0]));
         ANOCLIP_ASSIGN_OR_RETURN(auto stub, Connect(c));
+        const bool decides = request.options().decision_case() != anoclip::v1::DetectOptions::DECISION_NOT_SET;
+        std::map<std::string, std::string> name_of;  // request id (the path) -> output name
+        const std::vector<std::string> names = OutputNames(paths);
+        for (size_t i = 0; i < paths.size(); ++i) name_of[paths[i]] = names[i];
         grpc::ClientContext context;
         // One deadline per image: the stream as a whole gets the sum.
         context.set_deadline(std::chrono::system_clock::now() +
@@ -376,6 +368,7 @@ int RunInspect(const std::vector<std::string>& words) {
         std::string csv = "image,image_score,max_pixel_score,calibrated_image_score,is_anomalous,regions,total_ms,error\n";
         const bool bar = isatty(STDERR_FILENO) != 0;
         size_t answered = 0, failed = 0, anomalous = 0;
+        std::vector<float> scores;
         absl::Status first_error;
         anoclip::v1::DetectResponse response;
         while (stream->Read(&response)) {
@@ -392,6 +385,7 @@ int RunInspect(const std::vector<std::string>& words) {
             json = {{"error", StatusCodeName(response.error_code())}, {"message", response.error_message()}};
           } else {
             if (response.has_is_anomalous() && response.is_anomalous()) ++anomalous;
+            scores.push_back(response.image_score());
             std::cout << HumanLine(id, response) << "\n";
             json = ResponseToJson(response);
             if (out) {
@@ -404,7 +398,7 @@ int RunInspect(const std::vector<std::string>& words) {
                   bytes_by_id.erase(it);
                 }
               }
-              auto written = WriteResponseImages(response, bytes, out_dir, Stem(id));
+              auto written = WriteResponseImages(response, bytes, out_dir, name_of[id]);
               if (!written.ok() && first_error.ok()) first_error = written;
             }
           }
@@ -440,13 +434,13 @@ int RunInspect(const std::vector<std::string>& words) {
           results.push_back({{"error", "NOT_FOUND"}, {"message", "cannot read"}, {"image", path}});
           csv += absl::StrCat(CsvField(path), ",,,,,,,cannot read\n");
         }
-        if (out && !args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteText(out_dir + "/summary.csv", csv));
-        if (out && !args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteText(out_dir + "/summary.json", results.dump(2) + "\n"));
-        if (args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteText(args.String("csv"), csv));
-        if (args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteText(args.String("json"), results.dump(2) + "\n"));
-        std::cout << absl::StrFormat("inspected %d of %d images in %.2f s (%.1f images/s): %d anomalous, %d failed\n",
-                                     answered, paths.size(), seconds, seconds > 0 ? answered / seconds : 0.0,
-                                     anomalous, failed);
+        if (out && !args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(out_dir + "/summary.csv", csv));
+        if (out && !args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(out_dir + "/summary.json", results.dump(2) + "\n"));
+        if (args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(args.String("csv"), csv));
+        if (args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(args.String("json"), results.dump(2) + "\n"));
+        std::cout << absl::StrFormat("inspected %d of %d images in %.2f s (%.1f images/s): ", answered, paths.size(),
+                                     seconds, seconds > 0 ? answered / seconds : 0.0)
+                  << VerdictSummary(decides, anomalous, scores) << absl::StrFormat(", %d failed\n", failed);
         ANOCLIP_RETURN_IF_ERROR(FromGrpc(finish, c.target));
         if (answered + unreadable.size() != paths.size()) {
           return absl::DataLossError(absl::StrCat("only ", answered, " of ", paths.size(), " images were answered"));

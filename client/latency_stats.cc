@@ -9,6 +9,17 @@
 
 namespace anoclip::client {
 
+HistogramRange NonEmptyRange(const LatencySummary& summary) {
+  HistogramRange range{summary.histogram.size(), 0, 0};
+  for (size_t i = 0; i < summary.histogram.size(); ++i) {
+    if (summary.histogram[i].second == 0) continue;
+    range.first = std::min(range.first, i);
+    range.last = i;
+    range.peak = std::max(range.peak, summary.histogram[i].second);
+  }
+  return range;
+}
+
 const std::vector<double>& HistogramBounds() {
   static const std::vector<double> bounds = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10,
                                              std::numeric_limits<double>::infinity()};

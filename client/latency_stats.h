@@ -24,6 +24,12 @@ struct LatencySummary {
 // actually seen). Empty input gives zeros and an all-zero histogram.
 LatencySummary Summarize(std::vector<double> seconds);
 
+// The buckets from the first to the last non-empty one, and the largest count (0: no samples).
+struct HistogramRange {
+  size_t first = 0, last = 0, peak = 0;
+};
+HistogramRange NonEmptyRange(const LatencySummary& summary);
+
 // The upper bounds Summarize uses.
 const std::vector<double>& HistogramBounds();
 

@@ -61,13 +61,7 @@ std::string FormatRunText(const RunSetup& setup, const LoadResult& r, const std:
                         r.throughput());
   absl::StrAppend(&text, "  latency ms min ", Ms(l.min), "  mean ", Ms(l.mean), "  p50 ", Ms(l.p50), "  p90 ",
                   Ms(l.p90), "  p95 ", Ms(l.p95), "  p99 ", Ms(l.p99), "  max ", Ms(l.max), "\n");
-  size_t first = l.histogram.size(), last = 0, peak = 0;
-  for (size_t i = 0; i < l.histogram.size(); ++i) {
-    if (l.histogram[i].second == 0) continue;
-    first = std::min(first, i);
-    last = i;
-    peak = std::max(peak, l.histogram[i].second);
-  }
+  const auto [first, last, peak] = NonEmptyRange(l);
   if (peak > 0) {
     absl::StrAppend(&text, "  histogram\n");
     for (size_t i = first; i <= last; ++i) {

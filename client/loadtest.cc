@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/numbers.h"
 #include "anoclip/v1/anoclip.grpc.pb.h"
+#include "client/requests.h"
 #include "common/status_macros.h"
 
 namespace anoclip::client {
@@ -163,6 +164,15 @@ bool TtaSelected(int64_t index, double share) {
   return std::floor((i + 1) * share) > std::floor(i * share);
 }
 
+absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& flag, const std::string& text) {
+  double seconds = 0;
+  if (absl::SimpleAtod(text, &seconds) && std::isfinite(seconds)) return absl::Seconds(seconds);
+  absl::Duration duration;
+  if (absl::ParseDuration(text, &duration)) return duration;
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be a duration such as 30s, 2m or 1m30s (a bare ",
+                                                 "number is seconds); was \"", text, "\""));
+}
+
 absl::StatusOr<std::vector<int>> ParseConcurrencyRange(const std::string& text) {
   const std::vector<std::string> parts = absl::StrSplit(text, ':');
   int a = 0, b = 0, step = 1;
@@ -186,13 +196,9 @@ absl::StatusOr<std::vector<anoclip::v1::ClassSpec>> ParseClassMix(const std::str
     anoclip::v1::ClassSpec spec;
     spec.set_name(parts[0]);
     if (parts.size() == 2) {
-      if (parts[1] == "object") {
-        spec.set_kind(anoclip::v1::KIND_OBJECT);
-      } else if (parts[1] == "texture") {
-        spec.set_kind(anoclip::v1::KIND_TEXTURE);
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("class kind must be object or texture; got '", entry, "'"));
-      }
+      auto kind = KindFromName(parts[1], absl::StrCat("the class kind in '", entry, "'"));
+      if (!kind.ok()) return kind.status();
+      spec.set_kind(*kind);
     }
     classes.push_back(std::move(spec));
   }

@@ -80,6 +80,10 @@ std::vector<double> ArrivalOffsets(double rate, int64_t count, bool poisson, uin
 // requests evenly over any n consecutive-from-zero requests.
 bool TtaSelected(int64_t index, double share);
 
+// A duration flag's value: "30s", "2m", "1m30s", "500ms" (absl::ParseDuration) or bare seconds
+// ("2.5"). InvalidArgument naming `flag` otherwise.
+absl::StatusOr<absl::Duration> ParseDurationFlag(const std::string& flag, const std::string& text);
+
 // "A:B" or "A:B:STEP" with 1 <= A <= B <= 1024, STEP >= 1 -> A, A+STEP, ..., <= B.
 absl::StatusOr<std::vector<int>> ParseConcurrencyRange(const std::string& text);
 

@@ -1,7 +1,6 @@
 // `anoclip-client loadtest`: drive the service and report what the caller saw and what the
 // server spent, as text, JSON and CSV.
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -10,29 +9,34 @@
 #include "absl/strings/str_cat.h"
 #include "client/commands.h"
 #include "client/load_report.h"
+#include "client/load_report_html.h"
 #include "client/loadtest.h"
 #include "client/prometheus_text.h"
 #include "client/requests.h"
 #include "client/samples.h"
+#include "common/files.h"
 #include "common/status_macros.h"
-#include "image/render.h"
+#include "inspection/render.h"
 
 namespace anoclip::client {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: anoclip-client loadtest (--duration S | --requests N) [--concurrency N]\n"
-    "         [--rps R [--arrivals constant|poisson]] [--warmup S] [--connections N] [--stream]\n"
+    "usage: anoclip-client loadtest (--duration T | --requests N) [--concurrency N]\n"
+    "         [--rps R [--arrivals constant|poisson]] [--warmup T] [--connections N] [--stream]\n"
     "         [--concurrency-range A:B[:STEP] [--latency-limit-ms MS]]\n"
     "         [--images DIR] [--classes bottle,carpet:texture] [--tta-share F] [--views 1|22]\n"
-    "         [--metrics HOST:PORT] [--json FILE] [--csv FILE] [--seed N] [connection flags]\n"
+    "         [--metrics HOST:PORT] [--json FILE] [--csv FILE] [--html FILE] [--seed N]\n"
+    "         [connection flags]\n"
     "  Closed loop with --concurrency workers (default 4), or open loop at --rps requests per\n"
     "  second with at most --concurrency in flight (default 64). Every run stops by itself:\n"
-    "  --duration is at most 3600 s and --requests at most 10000000. --concurrency-range runs one\n"
-    "  step per concurrency and stops once p99 exceeds --latency-limit-ms. --metrics scrapes the\n"
-    "  server's /metrics before and after each step for its own split of the time.\n";
+    "  --duration is at most 1h and --requests at most 10000000. Durations T are 30s, 2m, 1m30s,\n"
+    "  500ms or bare seconds. --concurrency-range runs one step per concurrency and stops once\n"
+    "  p99 exceeds --latency-limit-ms. --metrics scrapes the server's /metrics before and after\n"
+    "  each step for its own split of the time. --html writes the report as one page with the\n"
+    "  latency histogram and the concurrency sweep as charts.\n";
 
-constexpr double kMaxDurationSeconds = 3600;
+constexpr absl::Duration kMaxDuration = absl::Hours(1);
 constexpr int64_t kMaxRequests = 10'000'000;
 
 absl::StatusOr<std::vector<anoclip::v1::DetectRequest>> BuildMix(const Arguments& args) {
@@ -46,7 +50,7 @@ absl::StatusOr<std::vector<anoclip::v1::DetectRequest>> BuildMix(const Arguments
     if (images.empty()) return absl::NotFoundError(absl::StrCat("no images in ", args.String("images")));
   } else {
     for (const auto& sample : GenerateSamples(240)) {
-      ANOCLIP_ASSIGN_OR_RETURN(auto png, image::EncodePng(sample.rgb));
+      ANOCLIP_ASSIGN_OR_RETURN(auto png, inspection::EncodePng(sample.rgb));
       images.push_back(std::move(png));
     }
   }
@@ -64,14 +68,6 @@ absl::StatusOr<std::vector<anoclip::v1::DetectRequest>> BuildMix(const Arguments
   return mix;
 }
 
-absl::Status WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  out << text;
-  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
-}
-
 absl::Status Loadtest(const Arguments& args, const ConnectionOptions& connection) {
   if (!args.positional().empty()) {
     return absl::InvalidArgumentError(absl::StrCat("unexpected argument ", args.positional().front()));
@@ -80,17 +76,22 @@ absl::Status Loadtest(const Arguments& args, const ConnectionOptions& connection
     return absl::InvalidArgumentError("give --duration or --requests (every run is bounded)");
   }
   LoadOptions options;
-  ANOCLIP_ASSIGN_OR_RETURN(double duration, args.Double("duration", kMaxDurationSeconds));
-  if (!(duration > 0) || duration > kMaxDurationSeconds) {
-    return absl::InvalidArgumentError(absl::StrCat("--duration must be in (0, ", kMaxDurationSeconds, "] seconds"));
+  options.duration = kMaxDuration;
+  if (args.Has("duration")) {
+    ANOCLIP_ASSIGN_OR_RETURN(options.duration, ParseDurationFlag("duration", args.String("duration")));
   }
-  options.duration = absl::Seconds(duration);
+  if (options.duration <= absl::ZeroDuration() || options.duration > kMaxDuration) {
+    return absl::InvalidArgumentError(absl::StrCat("--duration must be in (0, ", absl::FormatDuration(kMaxDuration),
+                                                   "]; was ", args.String("duration")));
+  }
   ANOCLIP_ASSIGN_OR_RETURN(options.max_requests, args.Int("requests", 0, 1, kMaxRequests));
-  ANOCLIP_ASSIGN_OR_RETURN(double warmup, args.Double("warmup", 0));
-  if (!(warmup >= 0) || warmup > kMaxDurationSeconds) {
-    return absl::InvalidArgumentError(absl::StrCat("--warmup must be in [0, ", kMaxDurationSeconds, "] seconds"));
+  if (args.Has("warmup")) {
+    ANOCLIP_ASSIGN_OR_RETURN(options.warmup, ParseDurationFlag("warmup", args.String("warmup")));
   }
-  options.warmup = absl::Seconds(warmup);
+  if (options.warmup < absl::ZeroDuration() || options.warmup > kMaxDuration) {
+    return absl::InvalidArgumentError(absl::StrCat("--warmup must be in [0, ", absl::FormatDuration(kMaxDuration),
+                                                   "]; was ", args.String("warmup")));
+  }
   ANOCLIP_ASSIGN_OR_RETURN(options.rps, args.Double("rps", 0));
   if (!(options.rps >= 0) || options.rps > 100000) return absl::InvalidArgumentError("--rps must be in [0, 100000]");
   ANOCLIP_ASSIGN_OR_RETURN(int64_t concurrency, args.Int("concurrency", options.rps > 0 ? 64 : 4, 1, 1024));
@@ -127,6 +128,7 @@ absl::Status Loadtest(const Arguments& args, const ConnectionOptions& connection
 
   nlohmann::ordered_json runs = nlohmann::ordered_json::array();
   std::string csv = CsvHeader();
+  std::vector<ReportedRun> reported;
   absl::Status outcome = absl::OkStatus();
   for (int step : steps) {
     options.concurrency = step;
@@ -149,6 +151,7 @@ absl::Status Loadtest(const Arguments& args, const ConnectionOptions& connection
     std::cout << FormatRunText(setup, result, split) << std::flush;
     runs.push_back(RunToJson(setup, result, split));
     csv += CsvRow(setup, result, split);
+    reported.push_back({setup, result});
     if (result.ok == 0) {
       outcome = absl::UnavailableError(absl::StrCat("no request succeeded at concurrency ", step));
       break;
@@ -161,9 +164,10 @@ absl::Status Loadtest(const Arguments& args, const ConnectionOptions& connection
   }
   if (args.Has("json")) {
     nlohmann::ordered_json report{{"target", connection.target}, {"runs", runs}};
-    ANOCLIP_RETURN_IF_ERROR(WriteText(args.String("json"), report.dump(2) + "\n"));
+    ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(args.String("json"), report.dump(2) + "\n"));
   }
-  if (args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteText(args.String("csv"), csv));
+  if (args.Has("csv")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(args.String("csv"), csv));
+  if (args.Has("html")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(args.String("html"), ReportHtml(connection.target, reported)));
   return outcome;
 }
 
@@ -173,7 +177,7 @@ int RunLoadtest(const std::vector<std::string>& words) {
   auto value_flags = ConnectionFlags();
   value_flags.insert({"concurrency", "rps", "arrivals", "duration", "requests", "warmup", "connections",
                       "concurrency-range", "latency-limit-ms", "images", "classes", "tta-share", "views", "metrics",
-                      "json", "csv", "seed"});
+                      "json", "csv", "html", "seed"});
   auto args = Arguments::Parse(words, value_flags, {"stream", "help"});
   if (!args.ok() || args->Flag("help")) {
     if (!args.ok()) std::cerr << "anoclip-client loadtest: " << args.status().message() << "\n";

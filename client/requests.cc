@@ -6,31 +6,47 @@
 #include <fstream>
 #include <sstream>
 
-#include <opencv2/imgproc.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "common/status_macros.h"
 #include "common/files.h"
+#include "common/status_macros.h"
 #include "image/decode.h"
-#include "image/render.h"
+#include "proto/inspection_proto.h"
 
 namespace anoclip::client {
+
+absl::StatusOr<anoclip::v1::Kind> KindFromName(const std::string& name, const std::string& what) {
+  if (name.empty()) return anoclip::v1::KIND_UNSPECIFIED;
+  if (name == "object") return anoclip::v1::KIND_OBJECT;
+  if (name == "texture") return anoclip::v1::KIND_TEXTURE;
+  return absl::InvalidArgumentError(absl::StrCat(what, " must be object or texture; was \"", name, "\""));
+}
+
+std::string KindName(anoclip::v1::Kind kind) {
+  switch (kind) {
+    case anoclip::v1::KIND_OBJECT: return "object";
+    case anoclip::v1::KIND_TEXTURE: return "texture";
+    case anoclip::v1::KIND_UNSPECIFIED: return "unspecified";
+    default: return absl::StrCat("unknown kind ", static_cast<int>(kind));
+  }
+}
+
+absl::StatusOr<anoclip::v1::ClassSpec> ClassSpecFromArguments(const Arguments& args) {
+  anoclip::v1::ClassSpec spec;
+  ANOCLIP_ASSIGN_OR_RETURN(const std::string name, args.Required("class"));
+  spec.set_name(name);
+  ANOCLIP_ASSIGN_OR_RETURN(const anoclip::v1::Kind kind, KindFromName(args.String("kind"), "--kind"));
+  spec.set_kind(kind);
+  return spec;
+}
 
 std::set<std::string> DetectValueFlags() { return {"class", "kind", "views", "threshold", "min-region-area", "seed"}; }
 std::set<std::string> DetectBoolFlags() { return {"tta", "use-calibration"}; }
 
 absl::StatusOr<anoclip::v1::DetectRequest> RequestTemplate(const Arguments& args, bool want_heatmap) {
   anoclip::v1::DetectRequest request;
-  ANOCLIP_ASSIGN_OR_RETURN(const std::string class_name, args.Required("class"));
-  request.mutable_class_spec()->set_name(class_name);
-  const std::string kind = args.String("kind");
-  if (kind == "object") {
-    request.mutable_class_spec()->set_kind(anoclip::v1::KIND_OBJECT);
-  } else if (kind == "texture") {
-    request.mutable_class_spec()->set_kind(anoclip::v1::KIND_TEXTURE);
-  } else if (!kind.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("--kind must be object or texture; was ", kind));
-  }
+  ANOCLIP_ASSIGN_OR_RETURN(*request.mutable_class_spec(), ClassSpecFromArguments(args));
   auto* options = request.mutable_options();
   ANOCLIP_ASSIGN_OR_RETURN(int64_t views, args.Int("views", 1, 1, 22));
   options->set_views(static_cast<int>(views));
@@ -48,7 +64,7 @@ absl::StatusOr<anoclip::v1::DetectRequest> RequestTemplate(const Arguments& args
   ANOCLIP_ASSIGN_OR_RETURN(int64_t min_area, args.Int("min-region-area", 1, 0, INT64_MAX));
   options->set_min_region_area(min_area);
   if (want_heatmap) {
-    options->set_heatmap_format(anoclip::v1::HEATMAP_FLOAT32);
+    options->set_heatmap_format(anoclip::v1::HEATMAP_PNG);
     options->set_heatmap_size(anoclip::v1::HEATMAP_SIZE_ORIGINAL);
   }
   return request;
@@ -77,12 +93,31 @@ absl::StatusOr<std::vector<std::string>> ImagesIn(const std::string& dir) {
   return paths;
 }
 
+std::vector<std::string> OutputNames(const std::vector<std::string>& paths) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> absolute;
+  for (const auto& path : paths) absolute.push_back(fs::absolute(path).lexically_normal());
+  if (absolute.empty()) return {};
+  fs::path common = absolute.front().parent_path();
+  for (const auto& path : absolute) {
+    // Shorten `common` until it is a prefix of this image's folder.
+    while (true) {
+      const fs::path relative = path.parent_path().lexically_relative(common);
+      if (!relative.empty() && *relative.begin() != "..") break;
+      common = common.parent_path();
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& path : absolute) names.push_back(path.lexically_relative(common).string());
+  return names;
+}
+
 nlohmann::ordered_json ResponseToJson(const anoclip::v1::DetectResponse& r) {
   nlohmann::ordered_json json;
   json["image_score"] = r.image_score();
   json["max_pixel_score"] = r.max_pixel_score();
   json["class"] = r.class_name();
-  json["kind"] = r.kind() == anoclip::v1::KIND_TEXTURE ? "texture" : "object";
+  json["kind"] = KindName(r.kind());
   json["model"] = r.model_id();
   const auto& t = r.timings();
   json["timings_ms"] = {{"decode", t.decode_seconds() * 1e3},     {"queue", t.queue_seconds() * 1e3},
@@ -102,35 +137,38 @@ nlohmann::ordered_json ResponseToJson(const anoclip::v1::DetectResponse& r) {
   return json;
 }
 
-absl::Status WriteResponseImages(const anoclip::v1::DetectResponse& response, const std::string& image_bytes,
-                                 const std::string& dir, const std::string& prefix) {
+absl::StatusOr<inspection::Inspection> InspectionFromResponse(const anoclip::v1::DetectResponse& response) {
   const auto& heatmap = response.heatmap();
-  if (heatmap.format() != anoclip::v1::HEATMAP_FLOAT32 ||
-      heatmap.data().size() != static_cast<size_t>(heatmap.width()) * heatmap.height() * sizeof(float)) {
-    return absl::InvalidArgumentError("the response carries no float32 heatmap");
+  if (heatmap.format() != anoclip::v1::HEATMAP_PNG) return absl::InvalidArgumentError("the response carries no PNG heatmap");
+  inspection::Inspection inspection;
+  try {
+    const std::vector<uchar> png(heatmap.data().begin(), heatmap.data().end());
+    inspection.heatmap = cv::imdecode(png, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception&) {
+    inspection.heatmap = cv::Mat();
   }
+  if (inspection.heatmap.empty() || inspection.heatmap.type() != CV_8UC1 ||
+      inspection.heatmap.cols != heatmap.width() || inspection.heatmap.rows != heatmap.height()) {
+    return absl::InvalidArgumentError("the response's heatmap is not an 8-bit gray PNG of its stated size");
+  }
+  inspection.image_score = response.image_score();
+  inspection.max_pixel_score = response.max_pixel_score();
+  if (response.has_calibrated_image_score()) inspection.calibrated_image_score = response.calibrated_image_score();
+  if (response.has_is_anomalous()) inspection.is_anomalous = response.is_anomalous();
+  // The service draws on the fixed scale, of calibrated scores when it calibrated.
+  inspection.scale = inspection::FixedScale(response.has_calibrated_image_score());
+  inspection.regions = inspection::RegionsFromProto(response.regions());
+  return inspection;
+}
+
+absl::Status WriteResponseImages(const anoclip::v1::DetectResponse& response, const std::string& image_bytes,
+                                 const std::string& dir, const std::string& name) {
+  ANOCLIP_ASSIGN_OR_RETURN(const inspection::Inspection inspection, InspectionFromResponse(response));
   ANOCLIP_ASSIGN_OR_RETURN(cv::Mat rgb, image::DecodeImage(image_bytes));
-  cv::Mat map(heatmap.height(), heatmap.width(), CV_32F, const_cast<char*>(heatmap.data().data()));
-  cv::Mat gray = image::HeatmapToGray(map, 0.f, 0.f);
-  if (gray.size() != rgb.size()) return absl::InvalidArgumentError("the heatmap is not at the image's size");
-  std::vector<std::vector<cv::Point>> contours;
-  for (const auto& region : response.regions()) {
-    std::vector<cv::Point> contour;
-    for (int i = 0; i + 1 < region.contour_size(); i += 2) contour.emplace_back(region.contour(i), region.contour(i + 1));
-    contours.push_back(contour);
-  }
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir));
-  const std::string base = dir + "/" + prefix;
-  ANOCLIP_RETURN_IF_ERROR(image::WritePng(base + "_heatmap.png", gray));
-  ANOCLIP_RETURN_IF_ERROR(image::WritePng(base + "_overlay.png", image::RenderOverlay(rgb, gray, 0.5, contours)));
-  if (response.has_is_anomalous()) {
-    cv::Mat mask(rgb.size(), CV_8U, cv::Scalar(0));
-    cv::drawContours(mask, contours, -1, cv::Scalar(255), cv::FILLED);
-    ANOCLIP_RETURN_IF_ERROR(image::WritePng(base + "_mask.png", mask));
-  }
-  return absl::OkStatus();
+  if (inspection.heatmap.size() != rgb.size()) return absl::InvalidArgumentError("the heatmap is not at the image's size");
+  ANOCLIP_ASSIGN_OR_RETURN(auto images, inspection::EncodeImages(rgb, inspection));
+  const std::filesystem::path path = std::filesystem::path(dir) / name;
+  return inspection::WriteImages(images, path.parent_path().string(), path.filename().string() + "_");
 }
 
 }  // namespace anoclip::client

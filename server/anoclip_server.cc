@@ -15,6 +15,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "anomaly/text_bank.h"
+#include "inspection/calibration.h"
 #include "common/files.h"
 #include "common/status_macros.h"
 #include "server/anomaly_service.h"
@@ -77,14 +78,14 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(options);
 }
 
-absl::StatusOr<std::map<std::string, anomaly::Calibration>> LoadCalibrations(const std::string& dir,
-                                                                             const std::string& model_id) {
-  std::map<std::string, anomaly::Calibration> calibrations;
+absl::StatusOr<std::map<std::string, inspection::Calibration>> LoadCalibrations(const std::string& dir,
+                                                                                const std::string& model_id) {
+  std::map<std::string, inspection::Calibration> calibrations;
   if (dir.empty()) return calibrations;
   std::error_code error;
   for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
     if (entry.path().extension() != ".json") continue;
-    ANOCLIP_ASSIGN_OR_RETURN(auto calibration, anomaly::LoadCalibration(entry.path().string()));
+    ANOCLIP_ASSIGN_OR_RETURN(auto calibration, inspection::LoadCalibration(entry.path().string()));
     if (calibration.model_id != model_id) {
       return absl::InvalidArgumentError(absl::StrCat(entry.path().string(), " was made with model ",
                                                      calibration.model_id, ", not the loaded ", model_id));

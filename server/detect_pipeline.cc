@@ -6,14 +6,14 @@
 #include <chrono>
 #include <optional>
 
-#include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "anomaly/decision.h"
 #include "common/status_macros.h"
 #include "image/preprocess.h"
-#include "image/render.h"
+#include "inspection/inspect.h"
+#include "inspection/render.h"
+#include "proto/inspection_proto.h"
 
 namespace anoclip::server {
 namespace {
@@ -47,7 +47,7 @@ struct DetectCall {
   absl::Time submitted;
   DetectInput input;
   anomaly::DetectOptions engine_options;
-  const anomaly::Calibration* calibration = nullptr;
+  const inspection::Calibration* calibration = nullptr;
   cv::Mat rgb;
   at::Tensor tensor;
   anomaly::TextFeaturesPtr text;
@@ -230,63 +230,44 @@ absl::Status DetectPipeline::Postprocess(DetectCall& call, const anomaly::Detect
   const DetectInput& input = call.input;
   auto& response = call.response;
   const int model_size = detector_->config().vision.image_size;
-  const bool original = input.heatmap_at_input_size;
-  const int width = original ? call.rgb.cols : model_size, height = original ? call.rgb.rows : model_size;
-  const cv::Mat heatmap = image::ResizeHeatmap(TensorToMat(detection.anomaly_map), width, height);
-  double max_pixel = 0;
-  cv::minMaxLoc(heatmap, nullptr, &max_pixel);
-  ANOCLIP_ASSIGN_OR_RETURN(auto decision, anomaly::Decide(detection.image_score, heatmap, call.calibration,
-                                                          input.threshold, input.min_region_area));
+  inspection::InspectOptions options;
+  options.calibration = call.calibration;
+  options.threshold = input.threshold;
+  options.min_region_area = input.min_region_area;
+  options.size = input.heatmap_at_input_size ? call.rgb.size() : cv::Size(model_size, model_size);
+  ANOCLIP_ASSIGN_OR_RETURN(auto inspected,
+                           inspection::Inspect(detection.image_score, TensorToMat(detection.anomaly_map), options));
   response.set_request_id(call.proto->request_id());
-  response.set_image_score(detection.image_score);
-  response.set_max_pixel_score(static_cast<float>(max_pixel));
+  response.set_image_score(inspected.image_score);
+  response.set_max_pixel_score(inspected.max_pixel_score);
   response.set_model_id(detector_->model_id());
   response.set_class_name(input.spec.class_name);
   response.set_kind(KindToProto(input.spec.kind));
-  if (decision.calibrated_image_score) response.set_calibrated_image_score(*decision.calibrated_image_score);
-  if (decision.is_anomalous) response.set_is_anomalous(*decision.is_anomalous);
-  std::vector<std::vector<cv::Point>> contours;
-  for (const auto& region : decision.regions) {
-    auto* out = response.add_regions();
-    out->set_x(region.x);
-    out->set_y(region.y);
-    out->set_width(region.width);
-    out->set_height(region.height);
-    out->set_area(region.area);
-    out->set_peak(region.peak);
-    out->set_mean(region.mean);
-    for (const auto& point : region.contour) {
-      out->add_contour(point.x);
-      out->add_contour(point.y);
-    }
-    contours.push_back(region.contour);
-  }
+  if (inspected.calibrated_image_score) response.set_calibrated_image_score(*inspected.calibrated_image_score);
+  if (inspected.is_anomalous) response.set_is_anomalous(*inspected.is_anomalous);
+  inspection::RegionsToProto(inspected.regions, response.mutable_regions());
 
-  auto* out = response.mutable_heatmap();
-  out->set_format(input.heatmap_format);
-  out->set_width(width);
-  out->set_height(height);
-  const cv::Mat gray = call.calibration != nullptr ? image::HeatmapToGray(decision.map, 0.f, 1.f)
-                                                   : image::HeatmapToGray(heatmap, 0.f, 0.f);
-  std::string encoded;
+  auto* heatmap = response.mutable_heatmap();
+  heatmap->set_format(input.heatmap_format);
+  heatmap->set_width(inspected.scores.cols);
+  heatmap->set_height(inspected.scores.rows);
   switch (input.heatmap_format) {
     case anoclip::v1::HEATMAP_FLOAT32:
-      encoded = std::string(reinterpret_cast<const char*>(heatmap.ptr<float>()), heatmap.total() * sizeof(float));
+      heatmap->set_data(inspected.scores.ptr<float>(), inspected.scores.total() * sizeof(float));
       break;
     case anoclip::v1::HEATMAP_PNG: {
-      ANOCLIP_ASSIGN_OR_RETURN(encoded, image::EncodePng(gray));
+      ANOCLIP_ASSIGN_OR_RETURN(auto png, inspection::EncodePng(inspected.heatmap));
+      heatmap->set_data(std::move(png));
       break;
     }
     case anoclip::v1::HEATMAP_OVERLAY_PNG: {
-      cv::Mat base = call.rgb;
-      if (!original) cv::resize(call.rgb, base, cv::Size(width, height), 0, 0, cv::INTER_AREA);
-      ANOCLIP_ASSIGN_OR_RETURN(encoded, image::EncodePng(image::RenderOverlay(base, gray, 0.5, contours)));
+      ANOCLIP_ASSIGN_OR_RETURN(auto png, inspection::EncodePng(inspection::RenderOverlay(call.rgb, inspected)));
+      heatmap->set_data(std::move(png));
       break;
     }
     default:
       break;
   }
-  out->set_data(std::move(encoded));
 
   auto* timings = response.mutable_timings();
   timings->set_encode_seconds(detection.encode_seconds);
@@ -296,7 +277,7 @@ absl::Status DetectPipeline::Postprocess(DetectCall& call, const anomaly::Detect
   timings->set_total_seconds(SecondsSince(call.received));
   metrics_->ObservePostprocess(postprocess);
   if (input.tta) metrics_->ObserveTta(detection.tta_seconds);
-  metrics_->ObserveScore(input.spec.class_name, detection.image_score, decision.is_anomalous.value_or(false));
+  metrics_->ObserveScore(input.spec.class_name, detection.image_score, inspected.is_anomalous.value_or(false));
   call.Answer(absl::OkStatus(), std::move(response));
   return absl::OkStatus();
 }

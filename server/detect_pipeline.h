@@ -18,10 +18,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "anoclip/v1/anoclip.pb.h"
-#include "anomaly/calibration.h"
 #include "anomaly/detector.h"
 #include "anomaly/text_bank.h"
 #include "image/decode.h"
+#include "inspection/calibration.h"
 #include "server/admission.h"
 #include "server/dynamic_batcher.h"
 #include "server/metrics.h"
@@ -35,7 +35,7 @@ struct PipelineOptions {
   int workers = 4;
   image::ImageLimits image_limits;
   RequestLimits request_limits;
-  std::map<std::string, anomaly::Calibration> calibrations;  // by class name
+  std::map<std::string, inspection::Calibration> calibrations;  // by class name
 };
 
 // The per-request state; defined in the .cc file.

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "anomaly/calibration.h"
+#include "inspection/calibration.h"
 #include "common/status_macros.h"
 
 namespace anoclip::server {
@@ -92,7 +92,7 @@ absl::StatusOr<DetectInput> ParseDetectRequest(const DetectRequest& request, con
   }
   input.min_region_area = o.min_region_area();
   if (o.decision_case() == DetectOptions::kThreshold) {
-    ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(o.threshold()));
+    ANOCLIP_RETURN_IF_ERROR(inspection::ValidateThreshold(o.threshold()));
     input.threshold = o.threshold();
   } else if (o.decision_case() == DetectOptions::kUseCalibration) {
     input.use_calibration = o.use_calibration();

@@ -28,7 +28,7 @@ struct DetectorOptions {
   int threads = 0;               // intra-op threads; 0 = all hardware threads
 };
 
-// The text side for one class: rows t+ and t- and the 2N prompt rows (ALGORITHM.md §3).
+// The text side for one class: rows t+ and t- and the 2N prompt rows (docs/algorithm.md §3).
 struct TextFeatures {
   at::Tensor features;  // [2,D] float32, on the detector's device
   at::Tensor prompts;   // [2N,D] float32, normal rows first

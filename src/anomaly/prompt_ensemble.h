@@ -1,4 +1,4 @@
-// Domain-aware state prompt ensemble (ALGORITHM.md §3). Torch-free.
+// Domain-aware state prompt ensemble (docs/algorithm.md §3). Torch-free.
 #pragma once
 
 #include <string>

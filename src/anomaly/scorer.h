@@ -1,4 +1,4 @@
-// Zero-shot scores and heatmaps (ALGORITHM.md §5): raw cosine similarities, no temperature.
+// Zero-shot scores and heatmaps (docs/algorithm.md §5): raw cosine similarities, no temperature.
 #pragma once
 
 #include <ATen/core/Tensor.h>

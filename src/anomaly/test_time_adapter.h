@@ -1,4 +1,4 @@
-// AnoCLIP+ test-time adaptation (ALGORITHM.md §7): a per-image residual adapter on the patch
+// AnoCLIP+ test-time adaptation (docs/algorithm.md §7): a per-image residual adapter on the patch
 // tokens, trained for a few AdamW steps on an entropy + noise-consistency loss, then used to
 // re-score the patches.
 //

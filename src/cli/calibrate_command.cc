@@ -8,12 +8,12 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "anomaly/calibration.h"
 #include "cli/command_support.h"
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 #include "common/status_macros.h"
-#include "image/render.h"
+#include "inspection/calibration.h"
+#include "inspection/render.h"
 
 namespace anoclip::cli {
 namespace {
@@ -61,10 +61,10 @@ absl::StatusOr<std::vector<std::string>> ListImages(const std::string& dir) {
   }
   if (error) return absl::PermissionDeniedError(absl::StrCat("cannot list ", dir, ": ", error.message()));
   std::sort(paths.begin(), paths.end());
-  if (paths.size() < anomaly::Calibration::kMinImages || paths.size() > anomaly::Calibration::kMaxImages) {
+  if (paths.size() < inspection::Calibration::kMinImages || paths.size() > inspection::Calibration::kMaxImages) {
     return absl::InvalidArgumentError(absl::StrCat(dir, " holds ", paths.size(), " images; calibration needs ",
-                                                   anomaly::Calibration::kMinImages, " to ",
-                                                   anomaly::Calibration::kMaxImages));
+                                                   inspection::Calibration::kMinImages, " to ",
+                                                   inspection::Calibration::kMaxImages));
   }
   return paths;
 }
@@ -97,15 +97,15 @@ absl::Status Calibrate(const CalibrateRequest& request) {
       auto map = d.anomaly_map.to(at::kFloat).contiguous();
       cv::Mat model_map(static_cast<int>(map.size(0)), static_cast<int>(map.size(1)), CV_32F, map.data_ptr<float>());
       // Pixel statistics at the image's own size, where detections are judged.
-      pixel_maps.push_back(image::ResizeHeatmap(model_map, images[i].cols, images[i].rows));
+      pixel_maps.push_back(inspection::ResizeHeatmap(model_map, images[i].cols, images[i].rows));
       image_scores.push_back(d.image_score);
     }
   }
-  ANOCLIP_ASSIGN_OR_RETURN(auto calibration, anomaly::FitCalibration(image_scores, pixel_maps));
+  ANOCLIP_ASSIGN_OR_RETURN(auto calibration, inspection::FitCalibration(image_scores, pixel_maps));
   calibration.class_name = request.spec.class_name;
   calibration.kind = request.spec.kind;
   calibration.model_id = detector->model_id();
-  ANOCLIP_RETURN_IF_ERROR(anomaly::SaveCalibration(request.out, calibration));
+  ANOCLIP_RETURN_IF_ERROR(inspection::SaveCalibration(request.out, calibration));
   std::cout << "calibrated " << request.spec.class_name << " (" << request.spec.kind << ") on " << paths.size()
             << " normal images: image threshold " << calibration.image.threshold << ", pixel threshold "
             << calibration.pixel.threshold << " -> " << request.out << "\n";

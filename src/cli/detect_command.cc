@@ -10,13 +10,12 @@
 #include <opencv2/core.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "anomaly/calibration.h"
-#include "anomaly/decision.h"
 #include "cli/command_support.h"
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
 #include "common/status_macros.h"
-#include "image/render.h"
+#include "inspection/calibration.h"
+#include "inspection/inspect.h"
 #include "io/state_dict.h"
 
 namespace anoclip::cli {
@@ -32,10 +31,12 @@ constexpr char kUsage[] =
     "         [--tta [--tta-steps N] [--tta-lr X] [--tta-sigma X] [--tta-init text|random]\n"
     "                [--seed N] [--tta-noise FILE.safetensors:KEY]]\n"
     "         [--calibration FILE.json | --threshold X] [--min-region-area N]\n"
+    "         [--heatmap-scale fixed|stretched]\n"
     "  Prints the image score and the maximum pixel score (--json: one JSON object).\n"
-    "  --out DIR writes heatmap.png, overlay.png and, with a threshold or calibration, mask.png,\n"
-    "  all at the input's size. The heatmap is drawn on the calibrated [0,1] scale with\n"
-    "  --calibration, otherwise stretched over the map's own min..max.\n"
+    "  --out DIR writes heatmap.png, overlay.png and, with a threshold or calibration, mask.png\n"
+    "  (the regions, filled), all at the input's size. The heatmap is drawn on the fixed [0,1]\n"
+    "  scale (of calibrated scores with --calibration); --heatmap-scale stretched spreads each\n"
+    "  map over its own min..max instead.\n"
     "  --threshold X (0 < X < 1) judges raw scores; --calibration judges calibrated ones at 0.5.\n";
 
 // Everything the command line says, checked before any file is read.
@@ -47,6 +48,7 @@ struct DetectRequest {
   std::string calibration_path;  // empty: none
   std::optional<double> threshold;
   int64_t min_region_area = 1;
+  inspection::HeatmapScale heatmap_scale = inspection::HeatmapScale::kFixed;
   std::string noise_file, noise_key;  // --tta-noise; empty: Gaussian noise
   std::string out_dir;                // empty: no images
   std::string dump_path;              // empty: no dump
@@ -71,10 +73,16 @@ absl::StatusOr<DetectRequest> DetectRequestFromArguments(const Arguments& args) 
   ANOCLIP_ASSIGN_OR_RETURN(request.calibration_path, OptionalPath(args, "calibration"));
   if (args.Has("threshold")) {
     ANOCLIP_ASSIGN_OR_RETURN(double threshold, args.Double("threshold", 0.5));
-    ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(threshold));
+    ANOCLIP_RETURN_IF_ERROR(inspection::ValidateThreshold(threshold));
     request.threshold = threshold;
   }
   ANOCLIP_ASSIGN_OR_RETURN(request.min_region_area, args.Int("min-region-area", 1, 1, INT64_MAX));
+  const std::string scale = args.String("heatmap-scale");
+  if (scale == "stretched") {
+    request.heatmap_scale = inspection::HeatmapScale::kStretched;
+  } else if (!scale.empty() && scale != "fixed") {
+    return absl::InvalidArgumentError(absl::StrCat("--heatmap-scale must be fixed or stretched; was \"", scale, "\""));
+  }
   if (args.Has("tta-noise")) {
     const std::string spec = args.String("tta-noise");
     const size_t colon = spec.rfind(':');
@@ -122,9 +130,9 @@ absl::Status InstallNoise(const DetectRequest& request, const model::OpenClipCon
 
 absl::Status RunDetect(DetectRequest request) {
   const auto total_start = Clock::now();
-  std::optional<anomaly::Calibration> calibration;
+  std::optional<inspection::Calibration> calibration;
   if (!request.calibration_path.empty()) {
-    ANOCLIP_ASSIGN_OR_RETURN(calibration, anomaly::LoadCalibration(request.calibration_path));
+    ANOCLIP_ASSIGN_OR_RETURN(calibration, inspection::LoadCalibration(request.calibration_path));
   }
   // The image before the model: a bad file fails fast.
   auto start = Clock::now();
@@ -159,29 +167,17 @@ absl::Status RunDetect(DetectRequest request) {
 
   // Pixel scores at the input's size; with --tta the adapted map.
   start = Clock::now();
-  cv::Mat heatmap = image::ResizeHeatmap(ToMat(d.anomaly_map), rgb.cols, rgb.rows);
-  double max_pixel = 0;
-  cv::minMaxLoc(heatmap, nullptr, &max_pixel);
-  ANOCLIP_ASSIGN_OR_RETURN(auto decision,
-                           anomaly::Decide(d.image_score, heatmap, calibration ? &*calibration : nullptr,
-                                           request.threshold, request.min_region_area));
-
+  inspection::InspectOptions inspect_options;
+  inspect_options.calibration = calibration ? &*calibration : nullptr;
+  inspect_options.threshold = request.threshold;
+  inspect_options.min_region_area = request.min_region_area;
+  inspect_options.size = rgb.size();
+  inspect_options.scale = request.heatmap_scale;
+  ANOCLIP_ASSIGN_OR_RETURN(const inspection::Inspection inspection,
+                           inspection::Inspect(d.image_score, ToMat(d.anomaly_map), inspect_options));
   if (!request.out_dir.empty()) {
-    const std::string& out = request.out_dir;
-    std::error_code error;
-    std::filesystem::create_directories(out, error);
-    if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out, ": ", error.message()));
-    // Calibrated maps render on their fixed [0,1] scale; raw maps on their own min..max.
-    cv::Mat gray = calibration ? image::HeatmapToGray(decision.map, 0.f, 1.f) : image::HeatmapToGray(heatmap, 0.f, 0.f);
-    std::vector<std::vector<cv::Point>> contours;
-    for (const auto& region : decision.regions) contours.push_back(region.contour);
-    ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/heatmap.png", gray));
-    ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/overlay.png", image::RenderOverlay(rgb, gray, 0.5, contours)));
-    if (decision.threshold) {
-      // The same rule as the regions: pixels strictly above the threshold.
-      cv::Mat mask = decision.map > *decision.threshold;
-      ANOCLIP_RETURN_IF_ERROR(image::WritePng(out + "/mask.png", mask));
-    }
+    ANOCLIP_ASSIGN_OR_RETURN(auto images, inspection::EncodeImages(rgb, inspection));
+    ANOCLIP_RETURN_IF_ERROR(inspection::WriteImages(images, request.out_dir, ""));
   }
   if (!request.dump_path.empty()) {
     auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).cpu(); };
@@ -204,7 +200,7 @@ absl::Status RunDetect(DetectRequest request) {
   if (request.json) {
     nlohmann::ordered_json json;
     json["image_score"] = d.image_score;
-    json["max_pixel_score"] = max_pixel;
+    json["max_pixel_score"] = inspection.max_pixel_score;
     json["class"] = request.spec.class_name;
     json["kind"] = request.spec.kind;
     json["model"] = detector->model_id();
@@ -215,24 +211,26 @@ absl::Status RunDetect(DetectRequest request) {
                           {"tta", d.tta_seconds * 1e3},
                           {"postprocess", postprocess_ms},
                           {"total", MillisecondsSince(total_start)}};
-    if (decision.calibrated_image_score) json["calibrated_image_score"] = *decision.calibrated_image_score;
-    if (decision.threshold) {
+    if (inspection.calibrated_image_score) json["calibrated_image_score"] = *inspection.calibrated_image_score;
+    if (inspection.is_anomalous) {
       json["regions"] = nlohmann::ordered_json::array();
-      for (const auto& r : decision.regions) {
+      for (const auto& r : inspection.regions) {
         json["regions"].push_back({{"x", r.x}, {"y", r.y}, {"width", r.width}, {"height", r.height},
                                    {"area", r.area}, {"peak", r.peak}, {"mean", r.mean}});
       }
     }
-    if (decision.is_anomalous) json["is_anomalous"] = *decision.is_anomalous;
+    if (inspection.is_anomalous) json["is_anomalous"] = *inspection.is_anomalous;
     if (request.options.tta) json["tta_losses"] = d.tta_losses;
     std::cout << json.dump(2) << std::endl;
   } else {
     std::cout << "class " << request.spec.class_name << " (" << request.spec.kind << ")\n"
               << "image_score " << d.image_score << "\n"
-              << "max_pixel_score " << max_pixel << "\n";
-    if (decision.calibrated_image_score) std::cout << "calibrated_image_score " << *decision.calibrated_image_score << "\n";
-    if (decision.threshold) std::cout << "regions " << decision.regions.size() << "\n";
-    if (decision.is_anomalous) std::cout << "is_anomalous " << (*decision.is_anomalous ? "true" : "false") << "\n";
+              << "max_pixel_score " << inspection.max_pixel_score << "\n";
+    if (inspection.calibrated_image_score) std::cout << "calibrated_image_score " << *inspection.calibrated_image_score << "\n";
+    if (inspection.is_anomalous) {
+      std::cout << "regions " << inspection.regions.size() << "\n"
+                << "is_anomalous " << (*inspection.is_anomalous ? "true" : "false") << "\n";
+    }
   }
   return absl::OkStatus();
 }
@@ -243,7 +241,7 @@ int RunDetectCommand(const std::vector<std::string>& words) {
   auto value_flags = EngineValueFlags();
   value_flags.merge(ScoringValueFlags());
   value_flags.insert({"image", "class", "kind", "out", "dump", "tta-noise", "calibration", "threshold",
-                      "min-region-area"});
+                      "min-region-area", "heatmap-scale"});
   int exit_code = kExitOk;
   auto args = ParseCommandLine("detect", words, value_flags, {"json", "tta"}, kUsage, &exit_code);
   if (!args) return exit_code;

@@ -21,8 +21,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "anomaly/calibration.h"
-#include "anomaly/decision.h"
+#include "inspection/calibration.h"
+#include "inspection/decision.h"
 #include "cli/command_support.h"
 #include "cli/commands.h"
 #include "cli/engine_setup.h"
@@ -35,7 +35,7 @@
 #include "eval/report.h"
 #include "eval/results_store.h"
 #include "image/pil_resize.h"
-#include "image/render.h"
+#include "inspection/render.h"
 
 namespace anoclip::cli {
 namespace {
@@ -93,7 +93,7 @@ absl::StatusOr<EvalRequest> EvalRequestFromArguments(const Arguments& args) {
   }
   if (args.Has("threshold")) {
     ANOCLIP_ASSIGN_OR_RETURN(double threshold, args.Double("threshold", 0.5));
-    ANOCLIP_RETURN_IF_ERROR(anomaly::ValidateThreshold(threshold));
+    ANOCLIP_RETURN_IF_ERROR(inspection::ValidateThreshold(threshold));
     request.threshold = threshold;
   }
   request.out = args.String("out", "eval-out");
@@ -182,7 +182,7 @@ struct ClassState {
   const eval::ClassSet* set;
   std::vector<const eval::Sample*> pending;
   uint64_t valid_bytes = 0;
-  std::shared_ptr<const anomaly::Calibration> calibration;
+  std::shared_ptr<const inspection::Calibration> calibration;
 };
 
 // Scores the pending samples of one class in batches and appends their results.
@@ -265,17 +265,17 @@ absl::StatusOr<eval::OverlayImage> MakeOverlay(const EvalRequest& request, const
   std::vector<std::vector<cv::Point>> regions;
   if (rule.calibration != nullptr || rule.threshold) {
     ANOCLIP_ASSIGN_OR_RETURN(auto decision,
-                             anomaly::Decide(result.image_score, result.map, rule.calibration, rule.threshold, 1));
+                             inspection::Decide(result.image_score, result.map, rule.calibration, rule.threshold, 1));
     for (const auto& region : decision.regions) regions.push_back(region.contour);
     // Calibrated maps on their fixed scale; raw ones over the class's range, comparable within it.
-    gray = rule.calibration ? image::HeatmapToGray(decision.map, 0.f, 1.f)
-                            : image::HeatmapToGray(result.map, evaluation.pixel_low, evaluation.pixel_high);
+    gray = rule.calibration ? inspection::HeatmapToGray(decision.map, 0.f, 1.f)
+                            : inspection::HeatmapToGray(result.map, evaluation.pixel_low, evaluation.pixel_high);
   } else {
-    gray = image::HeatmapToGray(result.map, evaluation.pixel_low, evaluation.pixel_high);
+    gray = inspection::HeatmapToGray(result.map, evaluation.pixel_low, evaluation.pixel_high);
   }
   const cv::Mat overlay = eval::RenderEvaluationOverlay(input, gray, result.mask, regions);
   eval::OverlayImage out{evaluation.name, result.image, result.anomalous, {}};
-  ANOCLIP_ASSIGN_OR_RETURN(out.png, image::EncodePng(overlay));
+  ANOCLIP_ASSIGN_OR_RETURN(out.png, inspection::EncodePng(overlay));
   const fs::path dir = fs::path(request.out) / "vis" / evaluation.name;
   std::error_code error;
   fs::create_directories(dir, error);
@@ -294,16 +294,16 @@ absl::Status RunEval(const EvalRequest& request, int* exit_code) {
     std::cerr << "anoclip eval: " << problem.file << ": " << problem.error << "\n";
   }
   // Calibrations before the model: a missing one fails fast and names itself.
-  std::map<std::string, std::shared_ptr<const anomaly::Calibration>> calibrations;
+  std::map<std::string, std::shared_ptr<const inspection::Calibration>> calibrations;
   if (!request.calibration_dir.empty()) {
     for (const auto& set : dataset.classes) {
       const std::string path = (fs::path(request.calibration_dir) / (set.name + ".json")).string();
-      ANOCLIP_ASSIGN_OR_RETURN(auto calibration, anomaly::LoadCalibration(path));
+      ANOCLIP_ASSIGN_OR_RETURN(auto calibration, inspection::LoadCalibration(path));
       if (calibration.class_name != set.prompt_class) {
         return absl::InvalidArgumentError(
             absl::StrCat(path, " is for class ", calibration.class_name, ", not ", set.prompt_class));
       }
-      calibrations[set.name] = std::make_shared<const anomaly::Calibration>(std::move(calibration));
+      calibrations[set.name] = std::make_shared<const inspection::Calibration>(std::move(calibration));
     }
   }
   ANOCLIP_ASSIGN_OR_RETURN(auto detector, anomaly::Detector::Create(request.detector));

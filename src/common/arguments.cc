@@ -1,6 +1,7 @@
 #include "common/arguments.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -57,9 +58,13 @@ absl::StatusOr<int64_t> Arguments::Int(const std::string& name, int64_t fallback
   auto it = values_.find(name);
   if (it == values_.end()) return fallback;
   int64_t value = 0;
-  if (!absl::SimpleAtoi(it->second, &value) || value < min || value > max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", name, " must be an integer in ", min, "..", max, "; was \"", it->second, "\""));
+  const bool parsed = absl::SimpleAtoi(it->second, &value);
+  if (!parsed || value < min || value > max) {
+    // An open upper end reads as ">= min", not as a 19-digit number.
+    const std::string range = max == INT64_MAX ? absl::StrCat(">= ", min) : absl::StrCat("in ", min, "..", max);
+    std::string message = absl::StrCat("--", name, " must be an integer ", range, "; was \"", it->second, "\"");
+    if (parsed && value < 0 && min >= 0) absl::StrAppend(&message, " (it cannot be negative)");
+    return absl::InvalidArgumentError(message);
   }
   return value;
 }

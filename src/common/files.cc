@@ -16,4 +16,13 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   return bytes.str();
 }
 
+absl::Status WriteStringToFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
+  return absl::OkStatus();
+}
+
 }  // namespace anoclip

@@ -6,7 +6,7 @@
 #include <opencv2/core.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "anomaly/decision.h"
+#include "inspection/decision.h"
 #include "common/status_macros.h"
 
 namespace anoclip::eval {
@@ -72,7 +72,7 @@ absl::StatusOr<ClassEvaluation> EvaluateClass(const std::string& name, const std
     OperatingPoint image_point, pixel_point;
     for (const auto& result : results) {
       ANOCLIP_ASSIGN_OR_RETURN(auto decision,
-                               anomaly::Decide(result.image_score, result.map, rule.calibration, rule.threshold, 1));
+                               inspection::Decide(result.image_score, result.map, rule.calibration, rule.threshold, 1));
       const bool flagged = decision.is_anomalous.value_or(false);
       (flagged ? (result.anomalous ? image_point.true_positives : image_point.false_positives)
                : (result.anomalous ? image_point.false_negatives : image_point.true_negatives))++;

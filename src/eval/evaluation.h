@@ -1,7 +1,7 @@
 // One class's metrics from its per-image results (eval/results_store.h): image AUROC, AP, F1max,
 // AUPR; pixel AUROC, AP, F1max and PRO when the class has masks (ALGORITHM.md §8); the curves for
 // the report; and, given a calibration or a raw threshold, the operating point the service would
-// decide with (anomaly/decision.h): image verdicts and pixels above the threshold, counted
+// decide with (inspection/decision.h): image verdicts and pixels above the threshold, counted
 // against the labels. The mean over classes averages each metric over the classes that define it.
 // Torch-free.
 #pragma once
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "anomaly/calibration.h"
+#include "inspection/calibration.h"
 #include "eval/metrics.h"
 #include "eval/results_store.h"
 
@@ -33,7 +33,7 @@ constexpr size_t kCurvePoints = 200;
 
 // The decision rule of the operating point; both unset: no operating point.
 struct OperatingRule {
-  const anomaly::Calibration* calibration = nullptr;
+  const inspection::Calibration* calibration = nullptr;
   std::optional<double> threshold;
 };
 

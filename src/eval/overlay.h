@@ -9,7 +9,7 @@
 
 namespace anoclip::eval {
 
-// `rgb` CV_8UC3 at the map's size; `gray` the map as CV_8U (image::HeatmapToGray); `mask` CV_8U
+// `rgb` CV_8UC3 at the map's size; `gray` the map as CV_8U (inspection::HeatmapToGray); `mask` CV_8U
 // (nonzero = defect) of the same size or empty; `regions` contours in the map's coordinates.
 cv::Mat RenderEvaluationOverlay(const cv::Mat& rgb, const cv::Mat& gray, const cv::Mat& mask,
                                 const std::vector<std::vector<cv::Point>>& regions);

@@ -244,16 +244,33 @@ TEST(AnoclipCliTest, JsonHasTheKeysInOrderAndImagesAreAtTheInputSize) {
     EXPECT_EQ(image.rows, 150) << file;
     EXPECT_EQ(image.channels(), expected_channels) << file;
   }
-  // Uncalibrated heatmaps stretch over their own range.
+  // Uncalibrated heatmaps are raw scores on the fixed [0,1] scale: the brightest pixel is the max
+  // pixel score times 255.
   cv::Mat heatmap = cv::imread(dir + "/out/heatmap.png", cv::IMREAD_UNCHANGED);
   double low = 0, high = 0;
   cv::minMaxLoc(heatmap, &low, &high);
+  EXPECT_NEAR(high, 255 * json["max_pixel_score"].get<double>(), 0.5);
+  EXPECT_GT(low, 0) << "raw scores near 0.5 do not reach the low end";
+  // The mask is the regions, each filled to its outline: every region pixel, and nothing outside
+  // the regions' boxes.
+  cv::Mat mask = cv::imread(dir + "/out/mask.png", cv::IMREAD_UNCHANGED);
+  EXPECT_GE(cv::countNonZero(mask), region_area);
+  cv::Mat boxes(mask.size(), CV_8U, cv::Scalar(0));
+  for (const auto& region : json["regions"]) {
+    boxes(cv::Rect(region["x"].get<int>(), region["y"].get<int>(), region["width"].get<int>(),
+                   region["height"].get<int>())) = 255;
+  }
+  EXPECT_EQ(cv::countNonZero(mask & ~boxes), 0);
+  EXPECT_EQ(cv::countNonZero(mask == 255) + cv::countNonZero(mask == 0), 200 * 150) << "mask is 0/255";
+
+  // --heatmap-scale stretched: each map over its own min..max (the old rendering, kept as an option).
+  result = RunAnoclip(TinyDetect() + " --image " + Image(2) + " --class " + Quote(c["class"]) +
+                      " --heatmap-scale stretched --out " + dir + "/stretched");
+  ASSERT_EQ(result.exit_code, 0) << result.errors;
+  heatmap = cv::imread(dir + "/stretched/heatmap.png", cv::IMREAD_UNCHANGED);
+  cv::minMaxLoc(heatmap, &low, &high);
   EXPECT_EQ(low, 0);
   EXPECT_EQ(high, 255);
-  // The mask is exactly the regions' pixels (min area 1 keeps every component).
-  cv::Mat mask = cv::imread(dir + "/out/mask.png", cv::IMREAD_UNCHANGED);
-  EXPECT_EQ(cv::countNonZero(mask), region_area);
-  EXPECT_EQ(cv::countNonZero(mask == 255) + cv::countNonZero(mask == 0), 200 * 150) << "mask is 0/255";
 }
 
 TEST(AnoclipCliTest, VocabularyComesFromTheEnvironmentWhenNotGiven) {
@@ -510,7 +527,8 @@ TEST(AnoclipCliTest, UsageErrorsExitTwo) {
       {"tta init", detect + " --tta --tta-init zeros", "--tta-init must be text or random"},
       {"tta flag without tta", detect + " --tta-steps 3", "--tta-steps needs --tta"},
       {"tta noise format", detect + " --tta --tta-noise file.safetensors", "--tta-noise must be FILE.safetensors:KEY"},
-      {"min region area", detect + " --min-region-area 0", "--min-region-area must be an integer"},
+      {"min region area", detect + " --min-region-area 0", "--min-region-area must be an integer >= 1"},
+      {"heatmap scale", detect + " --heatmap-scale log", "--heatmap-scale must be fixed or stretched"},
       {"calibrate without out", "calibrate --model /nonexistent --class bottle --normal-dir /tmp", "--out is required"},
       {"make-test-model without seed", "make-test-model --arch ViT-B-32 --out /nonexistent/m", "--seed is required"},
       {"make-test-model both sources", "make-test-model --arch ViT-B-32 --config c.json --seed 1 --out /x",

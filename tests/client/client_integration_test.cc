@@ -8,10 +8,14 @@
 #include <sys/socket.h>
 
 #include <fstream>
+#include <map>
+
+#include <grpcpp/grpcpp.h>
 
 #include <opencv2/imgcodecs.hpp>
 
 #include "absl/strings/str_split.h"
+#include "anoclip/v1/anoclip.grpc.pb.h"
 #include "client/prometheus_text.h"
 #include "client_process.h"
 
@@ -214,15 +218,97 @@ TEST_F(ClientTest, InspectStreamsAFolderAndWritesSummaries) {
   for (const auto& entry : json) {
     EXPECT_TRUE(entry.contains("image_score")) << entry;
     EXPECT_TRUE(entry.contains("is_anomalous")) << entry;
-    const std::string stem = std::filesystem::path(entry["image"].get<std::string>()).stem().string();
-    EXPECT_TRUE(std::filesystem::exists(out + "/" + stem + "_overlay.png")) << stem;
+    const std::string name = std::filesystem::path(entry["image"].get<std::string>()).filename().string();
+    EXPECT_TRUE(std::filesystem::exists(out + "/" + name + "_overlay.png")) << name;
   }
-  // --out without --csv / --json writes summary.csv and summary.json there.
+  EXPECT_NE(lines.back().find(" anomalous, 0 failed"), std::string::npos) << lines.back();
+  // --out without --csv / --json writes summary.csv and summary.json there. Without a threshold
+  // there are scores and no verdicts, and the summary says so.
   const auto out2 = FreshDir("inspect_out2");
   r = RunClient("inspect " + *samples_ + " --class bottle --out " + out2 + T());
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto plain_lines = Lines(r.out);
+  EXPECT_EQ(plain_lines.back().find("anomalous"), std::string::npos) << plain_lines.back();
+  EXPECT_NE(plain_lines.back().find(": no threshold was set, so no verdicts (image_score min "), std::string::npos)
+      << plain_lines.back();
+  for (size_t i = 0; i + 1 < plain_lines.size(); ++i) {
+    EXPECT_NE(plain_lines[i].find(": image_score "), std::string::npos) << plain_lines[i];
+  }
   EXPECT_EQ(Lines(ReadWholeFile(out2 + "/summary.csv")).size(), images + 1);
   EXPECT_EQ(nlohmann::json::parse(ReadWholeFile(out2 + "/summary.json")).size(), images);
+}
+
+TEST_F(ClientTest, OutputNamesKeepTheExtensionAndTheFolder) {
+  // a.png and a.jpg in one folder, and two a.png in different folders: no file overwrites another.
+  const auto dir = FreshDir("names_in");
+  std::filesystem::copy_file(*samples_ + "/good_0.png", dir + "/a.png");
+  cv::imwrite(dir + "/a.jpg", cv::imread(*samples_ + "/defect_spot.png"));
+  const auto out = FreshDir("names_out");
+  auto r = RunClient("inspect " + dir + " --class bottle --threshold 0.5 --out " + out + T());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* name : {"a.png", "a.jpg"}) {
+    for (const char* kind : {"heatmap", "overlay", "mask"}) {
+      EXPECT_TRUE(std::filesystem::exists(out + "/" + name + "_" + kind + ".png")) << name << " " << kind;
+    }
+  }
+  EXPECT_NE(ReadWholeFile(out + "/a.png_heatmap.png"), ReadWholeFile(out + "/a.jpg_heatmap.png"));
+
+  std::filesystem::create_directories(dir + "/x");
+  std::filesystem::create_directories(dir + "/y");
+  std::filesystem::copy_file(*samples_ + "/good_0.png", dir + "/x/p.png");
+  std::filesystem::copy_file(*samples_ + "/defect_crack.png", dir + "/y/p.png");
+  const auto out2 = FreshDir("names_out2");
+  r = RunClient("detect " + dir + "/x/p.png " + dir + "/y/p.png --class bottle --out " + out2 + T());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(out2 + "/x/p.png_overlay.png"));
+  EXPECT_TRUE(std::filesystem::exists(out2 + "/y/p.png_overlay.png"));
+  EXPECT_NE(ReadWholeFile(out2 + "/x/p.png_heatmap.png"), ReadWholeFile(out2 + "/y/p.png_heatmap.png"));
+}
+
+// One detection, three writers: the service's own PNGs, `anoclip detect --out` and
+// `anoclip-client detect --out` must be the same bytes (one thread each, so the same numbers).
+TEST_F(ClientTest, ServerCliAndClientWriteTheSameImages) {
+  const std::string image = *samples_ + "/defect_scratch.png";
+  const std::string client_out = FreshDir("same_client"), cli_out = FreshDir("same_cli");
+  auto client = RunClient("detect " + image + " --class bottle --threshold 0.5 --json --out " + client_out + T());
+  ASSERT_EQ(client.exit_code, 0) << client.err;
+  auto cli = RunShell(ShellQuote(::anoclip::testing::BinDir() + "/anoclip") + " detect --model " +
+                      ::anoclip::testing::TinyModelDir() + " --vocab " + ::anoclip::testing::VocabPath() +
+                      " --image " + image + " --class bottle --threshold 0.5 --json --threads 1 --out " + cli_out);
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  const auto from_client = nlohmann::json::parse(client.out);
+  const auto from_cli = nlohmann::json::parse(cli.out);
+  ASSERT_EQ(from_client["image_score"].get<double>(), from_cli["image_score"].get<double>()) << "the same detection";
+  ASSERT_FALSE(from_cli["regions"].empty()) << "the case needs regions to compare masks";
+
+  // The service's own rendering of the same request.
+  auto channel = grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials());
+  auto stub = anoclip::v1::AnomalyDetection::NewStub(channel);
+  anoclip::v1::DetectRequest request;
+  request.set_image_bytes(ReadWholeFile(image));
+  request.mutable_class_spec()->set_name("bottle");
+  request.mutable_options()->set_threshold(0.5f);
+  request.mutable_options()->set_min_region_area(1);
+  std::map<anoclip::v1::HeatmapFormat, std::string> served;
+  for (auto format : {anoclip::v1::HEATMAP_PNG, anoclip::v1::HEATMAP_OVERLAY_PNG}) {
+    request.mutable_options()->set_heatmap_format(format);
+    grpc::ClientContext context;
+    anoclip::v1::DetectResponse response;
+    ASSERT_TRUE(stub->Detect(&context, request, &response).ok());
+    served[format] = response.heatmap().data();
+  }
+
+  const std::string client_prefix = client_out + "/defect_scratch.png_";
+  EXPECT_EQ(ReadWholeFile(cli_out + "/heatmap.png"), served[anoclip::v1::HEATMAP_PNG]);
+  EXPECT_EQ(ReadWholeFile(client_prefix + "heatmap.png"), served[anoclip::v1::HEATMAP_PNG]);
+  EXPECT_EQ(ReadWholeFile(cli_out + "/overlay.png"), served[anoclip::v1::HEATMAP_OVERLAY_PNG]);
+  EXPECT_EQ(ReadWholeFile(client_prefix + "overlay.png"), served[anoclip::v1::HEATMAP_OVERLAY_PNG]);
+  const std::string mask = ReadWholeFile(cli_out + "/mask.png");
+  EXPECT_FALSE(mask.empty());
+  EXPECT_EQ(ReadWholeFile(client_prefix + "mask.png"), mask);
+  // The overlay carries the verdict the JSON reports.
+  const cv::Mat overlay = cv::imread(cli_out + "/overlay.png");
+  ASSERT_EQ(overlay.size(), cv::Size(160, 160));
 }
 
 TEST_F(ClientTest, InspectCountsFailedImagesAndExitsNonZero) {
@@ -295,8 +381,8 @@ TEST_F(ClientTest, LoadtestStreamOpenLoopTtaAndWarmup) {
 
 TEST_F(ClientTest, ASweepGivesOneRowPerStep) {
   const auto dir = FreshDir("sweep");
-  auto r = RunClient("loadtest --concurrency-range 1:3:1 --duration 1 --metrics " + server_->metrics() + " --csv " +
-                     dir + "/sweep.csv --json " + dir + "/sweep.json" + T());
+  auto r = RunClient("loadtest --concurrency-range 1:3:1 --duration 1s --metrics " + server_->metrics() + " --csv " +
+                     dir + "/sweep.csv --json " + dir + "/sweep.json --html " + dir + "/sweep.html" + T());
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   const auto csv = Lines(ReadWholeFile(dir + "/sweep.csv"));
   ASSERT_EQ(csv.size(), 4u) << ReadWholeFile(dir + "/sweep.csv");
@@ -305,7 +391,20 @@ TEST_F(ClientTest, ASweepGivesOneRowPerStep) {
   }
   const auto json = nlohmann::json::parse(ReadWholeFile(dir + "/sweep.json"));
   ASSERT_EQ(json["runs"].size(), 3u);
-  for (const auto& run : json["runs"]) EXPECT_EQ(run["requests"], run["server"]["requests"]);
+  for (const auto& run : json["runs"]) {
+    EXPECT_EQ(run["requests"], run["server"]["requests"]);
+    EXPECT_GE(run["seconds"].get<double>(), 1.0) << "--duration 1s";
+  }
+  // The same sweep as one page: a histogram per step and the sweep charts, inline.
+  const std::string html = ReadWholeFile(dir + "/sweep.html");
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  size_t histograms = 0;
+  for (size_t at = html.find("<svg class=\"histogram\""); at != std::string::npos;
+       at = html.find("<svg class=\"histogram\"", at + 1)) {
+    ++histograms;
+  }
+  EXPECT_EQ(histograms, 3u);
+  EXPECT_NE(html.find("<svg class=\"sweep\""), std::string::npos);
   // A latency limit nobody can meet stops the sweep after its first step.
   r = RunClient("loadtest --concurrency-range 1:4 --duration 0.5 --latency-limit-ms 0.01 --csv " + dir +
                 "/limited.csv" + T());
@@ -342,15 +441,23 @@ TEST_F(ClientTest, UsageErrorsExitTwoAndSayWhy) {
       {"frobnicate", "unknown command"},
       {"detect --class bottle" + T(), "give at least one image"},
       {"detect x.png" + T(), "--class"},
-      {"detect x.png --class a --kind fabric" + T(), "--kind must be object or texture"},
+      {"detect x.png --class a --kind fabric" + T(), "--kind must be object or texture; was \"fabric\""},
+      {"prepare --class a --kind fabric" + T(), "--kind must be object or texture; was \"fabric\""},
       {"info --bogus" + T(), "bogus"},
       {"prepare" + T(), "--class"},
       {"loadtest" + T(), "give --duration or --requests"},
       {"loadtest --duration 0" + T(), "--duration must be in"},
+      {"loadtest --duration 0s" + T(), "--duration must be in"},
+      {"loadtest --duration 2h" + T(), "--duration must be in (0, 1h]"},
+      {"loadtest --duration soon" + T(), "--duration must be a duration such as 30s, 2m"},
+      {"loadtest --requests 5 --warmup -1s" + T(), "--warmup must be in [0, 1h]"},
+      {"detect x.png --class a --min-region-area -1" + T(), "--min-region-area must be an integer >= 0; was \"-1\" (it cannot be negative)"},
+      {"inspect . --class a --max-in-flight -2" + T(), "(it cannot be negative)"},
+      {"make-samples --out x --size -5", "--size must be an integer in 64..4096; was \"-5\" (it cannot be negative)"},
       {"loadtest --duration 99999" + T(), "--duration must be in"},
       {"loadtest --requests 0" + T(), "requests"},
       {"loadtest --duration 1 --concurrency-range 5:1" + T(), "--concurrency-range"},
-      {"loadtest --duration 1 --classes carpet:fabric" + T(), "class kind must be object or texture"},
+      {"loadtest --duration 1 --classes carpet:fabric" + T(), "class kind in 'carpet:fabric' must be object or texture"},
       {"loadtest --duration 1 --tta-share 2" + T(), "--tta-share"},
       {"loadtest --duration 1 --arrivals poisson" + T(), "--arrivals needs --rps"},
       {"loadtest --duration 1 --latency-limit-ms 5" + T(), "--concurrency-range"},

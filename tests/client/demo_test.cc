@@ -44,7 +44,7 @@ TEST(DemoTest, FastDemoServesScoresLoadTestsAndStops) {
   // Heatmaps, overlays and masks at the samples' size.
   for (const char* name : {"good_0", "defect_scratch", "defect_spot"}) {
     for (const char* kind : {"heatmap", "overlay", "mask"}) {
-      const std::string path = out + "/results/" + name + "_" + kind + ".png";
+      const std::string path = out + "/results/" + name + ".png_" + kind + ".png";
       const cv::Mat image = cv::imread(path, cv::IMREAD_UNCHANGED);
       ASSERT_FALSE(image.empty()) << path;
       EXPECT_EQ(image.size(), cv::Size(320, 320)) << path;

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <numeric>
 #include <thread>
+#include <tuple>
 
 #include <opencv2/imgcodecs.hpp>
 
@@ -16,11 +17,17 @@
 #include "client/connection.h"
 #include "client/latency_stats.h"
 #include "client/load_report.h"
+#include "client/load_report_html.h"
 #include "client/loadtest.h"
 #include "client/prometheus_text.h"
 #include "client/requests.h"
 #include "client/samples.h"
 #include "common/arguments.h"
+#include "common/files.h"
+#include "image/decode.h"
+#include "inspection/inspect.h"
+#include "inspection/render.h"
+#include "proto/inspection_proto.h"
 
 namespace anoclip::client {
 namespace {
@@ -434,6 +441,51 @@ TEST(LoadReportTest, CsvRowsHaveTheHeadersColumns) {
   }
 }
 
+size_t Count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(LoadReportTest, HtmlIsOnePageWithTheHistogramAndTheSweepAsSvg) {
+  LoadResult slower = SampleResult();
+  slower.seconds = 4.0;
+  std::vector<double> latencies(30, 0.15);
+  slower.latency = Summarize(latencies);
+  const std::vector<ReportedRun> runs = {{{"h<1>", 1, 0, false, false, 1}, SampleResult()},
+                                         {{"h<1>", 2, 0, false, false, 1}, SampleResult()},
+                                         {{"h<1>", 3, 0, false, false, 1}, slower}};
+  const std::string html = ReportHtml("h<1>&", runs);
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_NE(html.find("</html>"), std::string::npos);
+  EXPECT_NE(html.find("Load test of h&lt;1&gt;&amp;"), std::string::npos) << "the target is escaped";
+  EXPECT_EQ(html.find("h<1>"), std::string::npos);
+  EXPECT_EQ(html.find("<script"), std::string::npos) << "self-contained, nothing to run";
+  EXPECT_EQ(html.find("src="), std::string::npos);
+  // One histogram per run, with a bar per non-empty bucket in range: (10, 20] and (20, 50] ms.
+  EXPECT_EQ(Count(html, "<svg class=\"histogram\""), 3u);
+  EXPECT_EQ(Count(html, "<rect class=\"bar\""), 2u + 2u + 1u);
+  EXPECT_NE(html.find("<title>&#8804;20 ms: "), std::string::npos);
+  EXPECT_NE(html.find("<title>&#8804;50 ms: "), std::string::npos);
+  EXPECT_NE(html.find("<title>&#8804;200 ms: 30</title>"), std::string::npos);
+  // The sweep: throughput and latency against concurrency, a point per step and series.
+  EXPECT_EQ(Count(html, "<svg class=\"sweep\""), 2u);
+  EXPECT_EQ(Count(html, "<polyline class=\"line\""), 3u);
+  EXPECT_NE(html.find("<title>throughput, rps at 3: 10</title>"), std::string::npos) << html;
+  EXPECT_NE(html.find("<title>p99 latency, ms at 3: 150</title>"), std::string::npos);
+  // The table: one row per run, and the errors.
+  EXPECT_EQ(Count(html, "<tr><td>closed</td>"), 3u);
+  EXPECT_NE(html.find("error x2: queue full"), std::string::npos);
+  // A single run has no sweep; a run without successes says so instead of drawing.
+  LoadResult failed;
+  failed.requests = 3;
+  failed.codes = {{"UNAVAILABLE", 3}};
+  failed.latency = Summarize({});
+  const std::string single = ReportHtml("t", {{{"t", 4, 0, false, false, 1}, failed}});
+  EXPECT_EQ(single.find("<svg"), std::string::npos);
+  EXPECT_NE(single.find("No successful requests"), std::string::npos);
+}
+
 // ---- requests and responses
 
 TEST(ResponseToJsonTest, KeysInTheOrderOfAnoclipDetect) {
@@ -485,7 +537,8 @@ TEST(RequestTemplateTest, FlagsBecomeOptions) {
   EXPECT_EQ(request->options().views(), 22);
   EXPECT_FLOAT_EQ(request->options().threshold(), 0.4f);
   EXPECT_EQ(request->options().min_region_area(), 9);
-  EXPECT_EQ(request->options().heatmap_format(), anoclip::v1::HEATMAP_FLOAT32);
+  EXPECT_EQ(request->options().heatmap_format(), anoclip::v1::HEATMAP_PNG);
+  EXPECT_EQ(request->options().heatmap_size(), anoclip::v1::HEATMAP_SIZE_ORIGINAL);
 }
 
 TEST(RequestTemplateTest, BadFlagsAreClearErrors) {
@@ -515,44 +568,132 @@ TEST(ImagesInTest, ListsImageFilesSortedAndRefusesMissingFolders) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST(WriteResponseImagesTest, WritesHeatmapOverlayAndMaskFromAFloatHeatmap) {
+// A response as the service sends it for `inspection` at the image's size.
+anoclip::v1::DetectResponse ResponseFor(const inspection::Inspection& inspection) {
+  anoclip::v1::DetectResponse r;
+  r.set_image_score(inspection.image_score);
+  r.set_max_pixel_score(inspection.max_pixel_score);
+  if (inspection.calibrated_image_score) r.set_calibrated_image_score(*inspection.calibrated_image_score);
+  if (inspection.is_anomalous) r.set_is_anomalous(*inspection.is_anomalous);
+  inspection::RegionsToProto(inspection.regions, r.mutable_regions());
+  r.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_PNG);
+  r.mutable_heatmap()->set_width(inspection.heatmap.cols);
+  r.mutable_heatmap()->set_height(inspection.heatmap.rows);
+  r.mutable_heatmap()->set_data(*inspection::EncodePng(inspection.heatmap));
+  return r;
+}
+
+TEST(WriteResponseImagesTest, WritesWhatTheInspectionStepWritesForTheSameDetection) {
   const std::string dir = TempDir("write_images");
   cv::Mat rgb(40, 60, CV_8UC3, cv::Scalar(100, 110, 120));
   std::vector<uchar> png;
   cv::imencode(".png", rgb, png);
-  anoclip::v1::DetectResponse r;
-  std::vector<float> map(40 * 60);
-  for (size_t i = 0; i < map.size(); ++i) map[i] = static_cast<float>(i % 60) / 60.f;
-  r.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_FLOAT32);
-  r.mutable_heatmap()->set_width(60);
-  r.mutable_heatmap()->set_height(40);
-  r.mutable_heatmap()->set_data(std::string(reinterpret_cast<const char*>(map.data()), map.size() * sizeof(float)));
-  r.set_is_anomalous(true);
-  auto* region = r.add_regions();
-  for (int v : {40, 10, 59, 10, 59, 30, 40, 30}) region->add_contour(v);
   const std::string bytes(png.begin(), png.end());
-  ASSERT_TRUE(WriteResponseImages(r, bytes, dir, "part").ok());
-  const cv::Mat heatmap = cv::imread(dir + "/part_heatmap.png", cv::IMREAD_UNCHANGED);
-  const cv::Mat overlay = cv::imread(dir + "/part_overlay.png", cv::IMREAD_UNCHANGED);
-  const cv::Mat mask = cv::imread(dir + "/part_mask.png", cv::IMREAD_UNCHANGED);
-  ASSERT_FALSE(heatmap.empty());
-  ASSERT_FALSE(overlay.empty());
-  ASSERT_FALSE(mask.empty());
-  EXPECT_EQ(heatmap.size(), cv::Size(60, 40));
-  EXPECT_EQ(overlay.channels(), 3);
-  EXPECT_LT(heatmap.at<uchar>(20, 0), heatmap.at<uchar>(20, 59));  // left low, right high
-  EXPECT_EQ(mask.at<uchar>(20, 50), 255);  // inside the region
+  cv::Mat map(10, 15, CV_32F);
+  for (int y = 0; y < map.rows; ++y) {
+    for (int x = 0; x < map.cols; ++x) map.at<float>(y, x) = static_cast<float>(x) / 15.f;
+  }
+  inspection::InspectOptions options;
+  options.threshold = 0.6;
+  options.size = rgb.size();
+  auto inspected = inspection::Inspect(0.4f, map, options);
+  ASSERT_TRUE(inspected.ok()) << inspected.status();
+  ASSERT_FALSE(inspected->regions.empty());
+  // The images as the service and `anoclip detect` draw them over the decoded input.
+  auto expected = inspection::EncodeImages(*image::DecodeImage(bytes), *inspected);
+  ASSERT_TRUE(expected.ok());
+
+  const auto r = ResponseFor(*inspected);
+  auto from_response = InspectionFromResponse(r);
+  ASSERT_TRUE(from_response.ok()) << from_response.status();
+  EXPECT_EQ(inspection::Caption(*from_response), inspection::Caption(*inspected));
+  ASSERT_EQ(from_response->regions.size(), inspected->regions.size());
+  for (size_t i = 0; i < inspected->regions.size(); ++i) {
+    const auto &a = from_response->regions[i], &b = inspected->regions[i];
+    EXPECT_EQ(a.contour, b.contour);
+    EXPECT_EQ(std::tie(a.x, a.y, a.width, a.height, a.area, a.peak, a.mean),
+              std::tie(b.x, b.y, b.width, b.height, b.area, b.peak, b.mean));
+  }
+  ASSERT_TRUE(WriteResponseImages(r, bytes, dir, "sub/part.png").ok());
+  EXPECT_EQ(*ReadFileToString(dir + "/sub/part.png_heatmap.png"), expected->heatmap_png);
+  EXPECT_EQ(*ReadFileToString(dir + "/sub/part.png_overlay.png"), expected->overlay_png);
+  EXPECT_EQ(*ReadFileToString(dir + "/sub/part.png_mask.png"), expected->mask_png);
+  const cv::Mat mask = cv::imread(dir + "/sub/part.png_mask.png", cv::IMREAD_UNCHANGED);
+  EXPECT_EQ(mask.at<uchar>(20, 55), 255);  // inside the region (the right of the map)
   EXPECT_EQ(mask.at<uchar>(20, 10), 0);
 
-  // No decision: no mask. No float heatmap: a clear error.
-  r.clear_is_anomalous();
-  ASSERT_TRUE(WriteResponseImages(r, bytes, dir, "nodecision").ok());
-  EXPECT_FALSE(std::filesystem::exists(dir + "/nodecision_mask.png"));
-  r.mutable_heatmap()->set_data("short");
-  auto status = WriteResponseImages(r, bytes, dir, "bad");
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  r.mutable_heatmap()->set_data(std::string(reinterpret_cast<const char*>(map.data()), map.size() * sizeof(float)));
+  // No decision: no mask.
+  auto undecided = r;
+  undecided.clear_is_anomalous();
+  undecided.clear_regions();
+  ASSERT_TRUE(WriteResponseImages(undecided, bytes, dir, "nodecision.png").ok());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/nodecision.png_overlay.png"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/nodecision.png_mask.png"));
+  // No PNG heatmap, a broken one, one of the wrong size, or no image: clear errors.
+  auto broken = r;
+  broken.mutable_heatmap()->set_data("short");
+  EXPECT_EQ(WriteResponseImages(broken, bytes, dir, "bad").code(), absl::StatusCode::kInvalidArgument);
+  broken = r;
+  broken.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_FLOAT32);
+  EXPECT_EQ(WriteResponseImages(broken, bytes, dir, "bad").code(), absl::StatusCode::kInvalidArgument);
+  broken = r;
+  broken.mutable_heatmap()->set_width(61);
+  EXPECT_EQ(WriteResponseImages(broken, bytes, dir, "bad").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(WriteResponseImages(r, "not an image", dir, "bad").code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(OutputNamesTest, KeepExtensionsAndFoldersSoNamesNeverCollide) {
+  EXPECT_EQ(OutputNames({"/data/a.png", "/data/a.jpg"}), (std::vector<std::string>{"a.png", "a.jpg"}));
+  EXPECT_EQ(OutputNames({"/data/x/a.png", "/data/y/a.png", "/data/x/deep/b.png"}),
+            (std::vector<std::string>{"x/a.png", "y/a.png", "x/deep/b.png"}));
+  EXPECT_EQ(OutputNames({"/data/one.png"}), (std::vector<std::string>{"one.png"}));
+  EXPECT_EQ(OutputNames({"/a/b.png", "/c/b.png"}), (std::vector<std::string>{"a/b.png", "c/b.png"}));
+  // Relative paths are taken from the working folder, ".." resolved.
+  const auto names = OutputNames({"x/../p.png", "q.png"});
+  EXPECT_EQ(names, (std::vector<std::string>{"p.png", "q.png"}));
+  EXPECT_TRUE(OutputNames({}).empty());
+}
+
+TEST(KindTest, NamesBothWaysAndUnknownKindsSaySo) {
+  EXPECT_EQ(*KindFromName("object", "--kind"), anoclip::v1::KIND_OBJECT);
+  EXPECT_EQ(*KindFromName("texture", "--kind"), anoclip::v1::KIND_TEXTURE);
+  EXPECT_EQ(*KindFromName("", "--kind"), anoclip::v1::KIND_UNSPECIFIED);
+  auto bad = KindFromName("fabric", "--kind");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "--kind must be object or texture; was \"fabric\"");
+  EXPECT_EQ(KindName(anoclip::v1::KIND_TEXTURE), "texture");
+  EXPECT_EQ(KindName(anoclip::v1::KIND_UNSPECIFIED), "unspecified");
+  EXPECT_EQ(KindName(static_cast<anoclip::v1::Kind>(7)), "unknown kind 7");
+  auto mix = ParseClassMix("carpet:fabric");
+  ASSERT_FALSE(mix.ok());
+  EXPECT_EQ(mix.status().message(), "the class kind in 'carpet:fabric' must be object or texture; was \"fabric\"");
+}
+
+TEST(NegativeSizeTest, NegativeCountsAndSizesSayTheyCannotBeNegative) {
+  auto args = Arguments::Parse({"--class", "a", "--min-region-area", "-3"}, DetectValueFlags(), DetectBoolFlags());
+  ASSERT_TRUE(args.ok());
+  auto request = RequestTemplate(*args, false);
+  ASSERT_FALSE(request.ok());
+  EXPECT_EQ(request.status().message(), "--min-region-area must be an integer >= 0; was \"-3\" (it cannot be negative)");
+  auto size = Arguments::Parse({"--size", "-5"}, {"size"}, {});
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(size->Int("size", 320, 64, 4096).status().message(),
+            "--size must be an integer in 64..4096; was \"-5\" (it cannot be negative)");
+}
+
+TEST(ParseDurationFlagTest, UnitsOrBareSeconds) {
+  EXPECT_EQ(*ParseDurationFlag("duration", "30s"), absl::Seconds(30));
+  EXPECT_EQ(*ParseDurationFlag("duration", "2m"), absl::Minutes(2));
+  EXPECT_EQ(*ParseDurationFlag("duration", "1m30s"), absl::Seconds(90));
+  EXPECT_EQ(*ParseDurationFlag("duration", "500ms"), absl::Milliseconds(500));
+  EXPECT_EQ(*ParseDurationFlag("duration", "2.5"), absl::Milliseconds(2500));
+  for (const char* bad : {"", "soon", "30 s", "2x", "nan"}) {
+    auto parsed = ParseDurationFlag("warmup", bad);
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(parsed.status().message().find("--warmup must be a duration such as 30s, 2m"), std::string::npos);
+  }
 }
 
 // ---- samples and connection options

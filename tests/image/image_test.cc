@@ -1,4 +1,4 @@
-// Decoding with limits, preprocessing against the reference, rendering. Every encoded image is
+// Decoding with limits, preprocessing against the reference. Every encoded image is
 // made here with cv::imencode (or by hand for headers OpenCV does not write).
 #include <ATen/ATen.h>
 
@@ -16,7 +16,6 @@
 #include "golden.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
-#include "image/render.h"
 
 namespace anoclip::image {
 namespace {
@@ -614,92 +613,6 @@ TEST(PreprocessTest, ShrinkingAndEnlargingKeepAFlatImageFlat) {
   big(cv::Rect(10, 10, 80, 80)) = cv::Scalar(255, 255, 255);
   const at::Tensor roi = PreprocessImage(big(cv::Rect(10, 10, 80, 80)), 80, options);
   EXPECT_FLOAT_EQ(roi.min().item<float>(), 1.f);
-}
-
-TEST(RenderTest, ResizeAndGrayScale) {
-  cv::Mat heatmap(10, 10, CV_32F, cv::Scalar(0.25f));
-  heatmap.at<float>(5, 5) = 0.75f;
-  const cv::Mat resized = ResizeHeatmap(heatmap, 40, 30);
-  EXPECT_EQ(resized.size(), cv::Size(40, 30));
-  EXPECT_EQ(resized.type(), CV_32F);
-  cv::Mat same = ResizeHeatmap(heatmap, 10, 10);
-  same.at<float>(0, 0) = 9.f;  // a copy, not a view
-  EXPECT_FLOAT_EQ(heatmap.at<float>(0, 0), 0.25f);
-
-  const cv::Mat own_range = HeatmapToGray(resized, 0.f, 0.f);
-  EXPECT_EQ(own_range.type(), CV_8U);
-  double min = 0, max = 0;
-  cv::minMaxLoc(own_range, &min, &max);
-  EXPECT_EQ(min, 0);
-  EXPECT_EQ(max, 255);
-  const cv::Mat fixed = HeatmapToGray(heatmap, 0.f, 1.f);
-  EXPECT_EQ(fixed.at<uchar>(0, 0), 64);
-  EXPECT_EQ(fixed.at<uchar>(5, 5), 191);
-  const cv::Mat clamped = HeatmapToGray(heatmap, 0.3f, 0.5f);
-  EXPECT_EQ(clamped.at<uchar>(0, 0), 0);
-  EXPECT_EQ(clamped.at<uchar>(5, 5), 255);
-  const cv::Mat flat = HeatmapToGray(cv::Mat(5, 5, CV_32F, cv::Scalar(0.7f)), 0.f, 0.f);
-  EXPECT_EQ(cv::countNonZero(flat), 0);
-}
-
-TEST(RenderTest, OverlayIsJetInRgbOrderWithWhiteContours) {
-  const cv::Mat black(30, 40, CV_8UC3, cv::Scalar(0, 0, 0));
-  cv::Mat gray(30, 40, CV_8U, cv::Scalar(0));
-  gray(cv::Rect(20, 0, 20, 30)) = 255;
-  const cv::Mat full = RenderOverlay(black, gray, 1.0);
-  ASSERT_EQ(full.type(), CV_8UC3);
-  ASSERT_EQ(full.size(), black.size());
-  const cv::Vec3b cold = full.at<cv::Vec3b>(15, 5), hot = full.at<cv::Vec3b>(15, 35);
-  EXPECT_GT(cold[2], 100);  // low scores are blue...
-  EXPECT_LT(cold[0], 10);
-  EXPECT_GT(hot[0], 100);   // ...high scores red, in RGB order
-  EXPECT_LT(hot[2], 10);
-
-  const cv::Mat image(30, 40, CV_8UC3, cv::Scalar(10, 200, 30));
-  EXPECT_EQ(cv::norm(RenderOverlay(image, gray, 0.0), image, cv::NORM_INF), 0);  // alpha 0: the image
-  const cv::Mat half = RenderOverlay(image, gray, 0.5);
-  EXPECT_NEAR(half.at<cv::Vec3b>(15, 35)[1], (200 + hot[1]) / 2.0, 1);
-
-  const cv::Mat outlined = RenderOverlay(black, gray, 0.5, {{{1, 1}, {10, 1}, {10, 10}, {1, 10}}});
-  EXPECT_EQ(outlined.at<cv::Vec3b>(1, 5), cv::Vec3b(255, 255, 255));
-  EXPECT_EQ(outlined.at<cv::Vec3b>(6, 10), cv::Vec3b(255, 255, 255));
-  EXPECT_NE(outlined.at<cv::Vec3b>(5, 5), cv::Vec3b(255, 255, 255));
-
-  // A heatmap at another size is fitted to the image.
-  const cv::Mat small_gray(3, 4, CV_8U, cv::Scalar(255));
-  const cv::Mat fitted = RenderOverlay(black, small_gray, 1.0);
-  EXPECT_EQ(fitted.size(), black.size());
-  EXPECT_EQ(fitted.at<cv::Vec3b>(29, 39), hot);
-}
-
-TEST(RenderTest, PngRoundTripsAndBadImagesAreRefused) {
-  cv::Mat heatmap(30, 40, CV_32F);
-  cv::randu(heatmap, 0.f, 1.f);
-  const cv::Mat gray = HeatmapToGray(heatmap, 0.f, 1.f);
-  auto png = EncodePng(gray);
-  ASSERT_TRUE(png.ok()) << png.status();
-  auto header = PeekImageHeader(*png);
-  ASSERT_TRUE(header.ok());
-  EXPECT_EQ(header->width, 40);
-  EXPECT_EQ(header->height, 30);
-  auto decoded = DecodeImage(*png);
-  ASSERT_TRUE(decoded.ok()) << decoded.status();
-  std::vector<cv::Mat> channels;
-  cv::split(*decoded, channels);
-  EXPECT_EQ(cv::norm(channels[0], gray, cv::NORM_INF), 0);
-
-  cv::Mat rgb = Gradient(17, 9);  // any 3-channel content: it must come back in the same order
-  const std::string path = ::testing::TempDir() + "/round_trip.png";
-  ASSERT_TRUE(WritePng(path, rgb).ok());
-  auto read = ReadImageFile(path);
-  ASSERT_TRUE(read.ok()) << read.status();
-  EXPECT_EQ(cv::norm(*read, rgb, cv::NORM_INF), 0);
-  EXPECT_EQ(cv::norm(rgb, Gradient(17, 9), cv::NORM_INF), 0);  // encoding left the input alone
-
-  EXPECT_FALSE(WritePng("/nonexistent-dir/x.png", rgb).ok());
-  for (const cv::Mat& bad : {cv::Mat(), cv::Mat(4, 4, CV_32F, cv::Scalar(0.5)), cv::Mat(4, 4, CV_8UC4)}) {
-    EXPECT_EQ(EncodePng(bad).status().code(), absl::StatusCode::kInvalidArgument);
-  }
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "anomaly/regions.h"
+#include "inspection/regions.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 namespace {
 
 std::vector<Region> Components(const cv::Mat& heatmap, const RegionOptions& options) {
@@ -66,4 +66,4 @@ absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const Re
   }
 }
 
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

@@ -1,5 +1,5 @@
-// Label-free calibration: from the scores of a few defect-free images of a class, a threshold and
-// a calibrated [0,1] scale where 0.5 is the decision threshold. Torch-free.
+// Label-free calibration (docs/algorithm.md §9): from the scores of a few defect-free images of a
+// class, a threshold and a calibrated [0,1] scale where 0.5 is the decision threshold. Torch-free.
 //
 // The rule, for image scores and pixel scores separately:
 //   image threshold = max(normal image scores) + max(std(normal image scores), 1e-4)
@@ -24,7 +24,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 
 struct ScoreScale {
   double threshold = 0.5;
@@ -68,4 +68,4 @@ absl::StatusOr<Calibration> ParseCalibration(const std::string& json_text);
 // A per-request threshold on raw scores must be finite and inside (0, 1).
 absl::Status ValidateThreshold(double threshold);
 
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

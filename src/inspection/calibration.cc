@@ -1,4 +1,4 @@
-#include "anomaly/calibration.h"
+#include "inspection/calibration.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,7 @@
 #include "common/files.h"
 #include "common/status_macros.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 namespace {
 
 constexpr size_t kMaxPixelSamples = 2'000'000;
@@ -208,4 +208,4 @@ absl::Status ValidateThreshold(double threshold) {
   return absl::OkStatus();
 }
 
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

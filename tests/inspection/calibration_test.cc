@@ -11,9 +11,9 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
-#include "anomaly/calibration.h"
+#include "inspection/calibration.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 namespace {
 
 using ::testing::HasSubstr;
@@ -272,4 +272,4 @@ TEST(CalibrationTest, RequestThresholdsMustBeInsideTheOpenUnitInterval) {
 }
 
 }  // namespace
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

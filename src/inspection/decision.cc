@@ -1,8 +1,8 @@
-#include "anomaly/decision.h"
+#include "inspection/decision.h"
 
 #include "common/status_macros.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 
 absl::StatusOr<Decision> Decide(float image_score, const cv::Mat& heatmap, const Calibration* calibration,
                                 std::optional<double> threshold, int64_t min_region_area) {
@@ -29,4 +29,4 @@ absl::StatusOr<Decision> Decide(float image_score, const cv::Mat& heatmap, const
   return decision;
 }
 
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

@@ -1,5 +1,5 @@
-// From scores to a verdict: regions and is_anomalous, on the raw scale with a threshold or on
-// the calibrated scale (decision at 0.5). One rule for the CLI and the service:
+// From scores to a verdict (docs/algorithm.md §9): regions and is_anomalous, on the raw scale
+// with a threshold or on the calibrated scale (decision at 0.5). One rule everywhere:
 //   regions = connected pixels above the threshold (min-area filtered);
 //   is_anomalous = image score above the threshold, or any region.
 #pragma once
@@ -10,10 +10,10 @@
 #include <opencv2/core/mat.hpp>
 
 #include "absl/status/statusor.h"
-#include "anomaly/calibration.h"
-#include "anomaly/regions.h"
+#include "inspection/calibration.h"
+#include "inspection/regions.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 
 struct Decision {
   cv::Mat map;                            // the heatmap on the decision's scale (calibrated or raw)
@@ -28,4 +28,4 @@ struct Decision {
 absl::StatusOr<Decision> Decide(float image_score, const cv::Mat& heatmap, const Calibration* calibration,
                                 std::optional<double> threshold, int64_t min_region_area);
 
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 
 struct Region {
   int x = 0, y = 0, width = 0, height = 0;  // bounding box, pixels
@@ -33,4 +33,4 @@ struct RegionOptions {
 // non-finite threshold, connectivity other than 4 or 8, or negative min_area.
 absl::StatusOr<std::vector<Region>> FindRegions(const cv::Mat& heatmap, const RegionOptions& options);
 
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection

@@ -5,9 +5,9 @@
 #include <cmath>
 #include <limits>
 
-#include "anomaly/regions.h"
+#include "inspection/regions.h"
 
-namespace anoclip::anomaly {
+namespace anoclip::inspection {
 namespace {
 
 std::vector<cv::Point> Sorted(std::vector<cv::Point> points) {
@@ -162,4 +162,4 @@ TEST(RegionsTest, BadInputIsInvalidArgument) {
 }
 
 }  // namespace
-}  // namespace anoclip::anomaly
+}  // namespace anoclip::inspection
