@@ -26,6 +26,9 @@ struct DetectorOptions {
   std::string device = "cpu";    // "cpu" or "cuda:N"
   std::string dtype = "float32"; // "float32"; "float16"/"bfloat16" on CUDA only
   int threads = 0;               // intra-op threads; 0 = all hardware threads
+  // CPU only: "fp32", or "bf16" for the vision tower and the TTA adapter's products (oneDNN's
+  // bfloat16 kernels; fast where the CPU has AVX512-BF16 or AMX). The text tower stays float32.
+  std::string precision = "fp32";
 };
 
 // The text side for one class: rows t+ and t- and the 2N prompt rows (ALGORITHM.md §3).
