@@ -99,6 +99,17 @@ std::string ComputeModelId(const model::OpenClipConfig& config, const io::StateD
   return hash.HexDigest(8);
 }
 
+// The vision tower's dtype for a precision name.
+absl::StatusOr<torch::Dtype> ParsePrecision(const std::string& name, const torch::Device& device,
+                                            torch::Dtype model_dtype) {
+  if (name == "fp32") return model_dtype;
+  if (name != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown precision \"", name, "\"; expected fp32 or bf16"));
+  }
+  if (!device.is_cpu()) return absl::InvalidArgumentError("precision bf16 is for the CPU; on CUDA use the dtype");
+  return torch::kBFloat16;
+}
+
 absl::Status CheckTtaOptions(const TtaOptions& options) {
   return TestTimeAdapter::Create(options).status();
 }
@@ -121,6 +132,7 @@ absl::StatusOr<std::unique_ptr<Detector>> Detector::Create(const DetectorOptions
   ANOCLIP_ASSIGN_OR_RETURN(impl->tokenizer, model::BpeTokenizer::FromFile(vocab_path));
   ANOCLIP_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   ANOCLIP_ASSIGN_OR_RETURN(impl->dtype, ParseDtype(options.dtype, impl->device));
+  ANOCLIP_ASSIGN_OR_RETURN(impl->vision_dtype, ParsePrecision(options.precision, impl->device, impl->dtype));
   if (options.threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 0; was ", options.threads));
   }
@@ -136,6 +148,7 @@ absl::StatusOr<std::unique_ptr<Detector>> Detector::Create(const DetectorOptions
     impl->model_id = ComputeModelId(impl->config, weights);
     weights.clear();  // release the mapping
     impl->model->to(impl->device, impl->dtype);
+    if (impl->vision_dtype != impl->dtype) impl->model->visual->to(impl->vision_dtype);
     impl->model->eval();
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("loading the model failed: ", error.what_without_backtrace()));
@@ -294,7 +307,8 @@ absl::StatusOr<std::vector<Detection>> Detector::Detect(
       groups[key].push_back(i);
     }
     for (const auto& [key, members] : groups) {
-      const auto& tta_options = option(members.front()).tta_options;
+      auto tta_options = option(members.front()).tta_options;
+      if (impl_->vision_dtype == torch::kBFloat16) tta_options.compute_dtype = torch::kBFloat16;
       ANOCLIP_ASSIGN_OR_RETURN(auto adapter, TestTimeAdapter::Create(tta_options));
       auto tta_start = Clock::now();
       auto index = torch::tensor(members, torch::kLong).to(impl_->device);

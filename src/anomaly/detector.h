@@ -26,6 +26,9 @@ struct DetectorOptions {
   std::string device = "cpu";    // "cpu" or "cuda:N"
   std::string dtype = "float32"; // "float32"; "float16"/"bfloat16" on CUDA only
   int threads = 0;               // intra-op threads; 0 = all hardware threads
+  // CPU only: "fp32", or "bf16" for the vision tower and the TTA adapter's products (oneDNN's
+  // bfloat16 kernels; fast where the CPU has AVX512-BF16 or AMX). The text tower stays float32.
+  std::string precision = "fp32";
 };
 
 // The text side for one class: rows t+ and t- and the 2N prompt rows (docs/algorithm.md §3).
@@ -71,7 +74,7 @@ class Detector {
   // between chunks: its error (cancelled, deadline passed) stops the build and is returned.
   struct TextBuildControl {
     PromptLimits limits;
-    int64_t chunk_rows = 256;
+    int64_t chunk_rows = 1024;  // the default spec's 924 rows run as one chunk
     std::function<absl::Status()> check;
   };
   absl::StatusOr<TextFeatures> EncodeText(const PromptSpec& spec, const TextBuildControl& control) const;

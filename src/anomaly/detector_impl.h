@@ -19,12 +19,13 @@ struct Detector::Impl {
   std::unique_ptr<model::BpeTokenizer> tokenizer;
   model::ClipModel model{nullptr};
   torch::Device device{torch::kCPU};
-  torch::Dtype dtype = torch::kFloat32;
+  torch::Dtype dtype = torch::kFloat32;         // the text tower's
+  torch::Dtype vision_dtype = torch::kFloat32;  // the vision tower's, and the TTA products' dtype
   std::string model_id;
   std::string device_name;
 
   at::Tensor ToModelInput(const at::Tensor& images) const {
-    return images.to(device, dtype).contiguous();
+    return images.to(device, vision_dtype).contiguous();
   }
 };
 

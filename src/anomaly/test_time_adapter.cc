@@ -13,11 +13,17 @@ namespace {
 
 at::Tensor Normalize(const at::Tensor& x) { return F::normalize(x, F::NormalizeFuncOptions().dim(-1)); }
 
-// prob(X) of §7 for a batch: X [B,M,D], W/T [B,2N,D], b [B,2N], t [B,2,D] -> [B,M,2].
+// prob(X) of §7 for a batch: X [B,M,D], W/T [B,2N,D], b [B,2N], t [B,2,D] -> [B,M,2]. The two
+// products run in `compute`, everything else in float32.
 at::Tensor AdaptedProbabilities(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                const at::Tensor& prompts, const at::Tensor& text_features) {
-  auto gate = torch::tanh(at::bmm(Normalize(x), weight.transpose(1, 2)) + bias.unsqueeze(1));
-  auto adapted = 0.5 * x + 0.5 * at::bmm(gate, prompts);
+                                const at::Tensor& prompts, const at::Tensor& text_features,
+                                at::ScalarType compute) {
+  auto product = [compute](const at::Tensor& a, const at::Tensor& b) {
+    if (compute == a.scalar_type()) return at::bmm(a, b);
+    return at::bmm(a.to(compute), b.to(compute)).to(a.scalar_type());
+  };
+  auto gate = torch::tanh(product(Normalize(x), weight.transpose(1, 2)) + bias.unsqueeze(1));
+  auto adapted = 0.5 * x + 0.5 * product(gate, prompts);
   return StateProbabilities(adapted, text_features);
 }
 
@@ -31,6 +37,9 @@ absl::StatusOr<TestTimeAdapter> TestTimeAdapter::Create(const TtaOptions& option
   // tokens (their norms are O(1..10)): nothing useful is computed there.
   if (!(options.lr > 0 && options.lr <= kMaxTtaLr)) {
     return absl::InvalidArgumentError(absl::StrCat("tta lr must be in (0, ", kMaxTtaLr, "]; was ", options.lr));
+  }
+  if (options.compute_dtype != at::kFloat && options.compute_dtype != at::kBFloat16) {
+    return absl::InvalidArgumentError("tta compute dtype must be float32 or bfloat16");
   }
   if (!(options.sigma >= 0 && options.sigma <= kMaxTtaSigma)) {
     return absl::InvalidArgumentError(absl::StrCat("tta sigma must be in [0, ", kMaxTtaSigma, "]; was ", options.sigma));
@@ -86,7 +95,7 @@ TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const at::Tensor& pr
     const auto noisy = x + torch::stack(deltas).to(options);
 
     // Clean and noisy tokens go through the adapter as one [B,2M,D] batch: half the matmul calls.
-    auto both = AdaptedProbabilities(torch::cat({x, noisy}, 1), weight, bias, t, features);
+    auto both = AdaptedProbabilities(torch::cat({x, noisy}, 1), weight, bias, t, features, options_.compute_dtype);
     auto p0 = both.narrow(1, 0, tokens);
     auto p1 = both.narrow(1, tokens, tokens);
     auto entropy = -(p0 * p0.log()).sum(-1).mean(-1);
@@ -101,7 +110,7 @@ TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const at::Tensor& pr
   }
 
   torch::NoGradGuard no_grad;
-  result.patch_probs = AdaptedProbabilities(x, weight, bias, t, features).select(-1, 1);
+  result.patch_probs = AdaptedProbabilities(x, weight, bias, t, features, options_.compute_dtype).select(-1, 1);
   return result;
 }
 

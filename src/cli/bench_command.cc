@@ -8,6 +8,9 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 
@@ -16,7 +19,11 @@
 #include "anomaly/detector.h"
 #include "anomaly/detector_impl.h"
 #include "anomaly/test_time_adapter.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "cli/gemm_rate.h"
 #include "common/blas_info.h"
+#include "model/model_flops.h"
 
 namespace anoclip::cli {
 namespace {
@@ -41,9 +48,47 @@ double Median(std::vector<double> values) {
   return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+// The CPU's model name and which of the instruction sets that speed up reduced precision it has
+// (from /proc/cpuinfo), so that a precision figure says what it ran on.
+std::pair<std::string, std::string> CpuNameAndPrecisionFlags() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, name, flags;
+  while (std::getline(cpuinfo, line) && (name.empty() || flags.empty())) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string key = std::string(absl::StripAsciiWhitespace(line.substr(0, colon)));
+    const std::string value = std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+    if (key == "model name" && name.empty()) name = value;
+    if (key == "flags" && flags.empty()) flags = " " + value + " ";
+  }
+  std::string present;
+  for (const char* flag : {"avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"}) {
+    if (flags.find(std::string(" ") + flag + " ") != std::string::npos) absl::StrAppend(&present, present.empty() ? "" : " ", flag);
+  }
+  return {name, present};
+}
+
+// A "VmHWM"/"VmRSS" line of /proc/self/status in MB, 0 where absent.
+double ProcessMemoryMb(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::strtod(line.c_str() + field.size() + 1, nullptr) / 1024.0;
+  }
+  return 0;
+}
+
+// Pearson correlation of two maps.
+double Correlation(const at::Tensor& a, const at::Tensor& b) {
+  const auto x = a.flatten().to(torch::kDouble), y = b.flatten().to(torch::kDouble);
+  const auto dx = x - x.mean(), dy = y - y.mean();
+  return ((dx * dy).sum() / (dx.norm() * dy.norm())).item<double>();
+}
+
 constexpr char kUsage[] =
     "usage: anoclip bench --model DIR [--vocab FILE] [--device cpu|cuda:N] [--threads N]\n"
-    "                     [--runs N (>=3)] [--text-runs N] [--parts vision,text,tta,detect] [--json]\n";
+    "                     [--precision fp32|bf16] [--runs N (>=3)] [--text-runs N]\n"
+    "                     [--parts vision,text,tta,detect,precision] [--json]\n";
 
 }  // namespace
 
@@ -66,9 +111,12 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   options.runs = static_cast<int>(*runs);
   options.text_runs = static_cast<int>(*text_runs);
   options.json = args->Flag("json");
-  const std::string parts = args->String("parts", "vision,text,tta,detect");
+  const std::string parts = args->String("parts", "vision,text,tta,detect,precision");
   auto wants = [&parts](const std::string& part) { return parts.find(part) != std::string::npos; };
+  const auto load_start = Clock::now();
   auto detector = DetectorFromArguments(*args);
+  const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
+  const double rss_after_load_mb = ProcessMemoryMb("VmRSS"), hwm_after_load_mb = ProcessMemoryMb("VmHWM");
   if (!detector.ok()) {
     std::cerr << "anoclip bench: " << detector.status().message() << "\n";
     return 1;
@@ -86,22 +134,52 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   torch::manual_seed(0);
   nlohmann::ordered_json out;
 
-  // Vision: plain CLIP and AnoCLIP alternated inside each run, so drift hits both alike.
+  // Vision: plain CLIP and AnoCLIP alternated inside each run, with the GEMM rate on the
+  // forward's largest product shape, so drift hits all alike and efficiency is a same-run ratio.
   std::map<std::string, std::vector<double>> vision;
+  const model::VisionRequest clip{false, true}, anoclip{true, false};
   for (int64_t batch : {1, 8}) {
     if (!wants("vision")) break;
+    const std::string b = ".b" + std::to_string(batch);
     auto images = impl.ToModelInput(torch::randn({batch, 3, size, size}));
-    const model::VisionRequest clip{false, true}, anoclip{true, false};
+    const GemmRate gemm(model::LargestVisionGemm(config, batch));
+    const int gemm_reps = static_cast<int>(std::max<int64_t>(1, 8 / batch));
     for (int run = -1; run < options.runs; ++run) {  // run -1 warms up
       const double clip_s = Seconds([&] { model->EncodeImage(images, clip); sync(); });
       const double anoclip_s = Seconds([&] { model->EncodeImage(images, anoclip); sync(); });
+      const double blas = gemm.BlasGflops(gemm_reps), onednn = gemm.OneDnnGflops(gemm_reps);
       if (run < 0) continue;
-      vision["vision.clip.b" + std::to_string(batch)].push_back(clip_s / batch);
-      vision["vision.anoclip.b" + std::to_string(batch)].push_back(anoclip_s / batch);
+      vision["vision.clip" + b].push_back(clip_s / batch);
+      vision["vision.anoclip" + b].push_back(anoclip_s / batch);
+      vision["sgemm_gflops." + GemmRate::BlasName() + b].push_back(blas);
+      vision["sgemm_gflops.onednn" + b].push_back(onednn);
     }
   }
-  for (const char* key : {"vision.clip.b1", "vision.clip.b8", "vision.anoclip.b1", "vision.anoclip.b8"}) {
-    if (wants("vision")) out[key] = Median(vision[key]);
+  if (wants("vision")) {
+    const double clip_flops = model::VisionForwardFlops(config, clip.local_aware_patches, clip.plain_patches);
+    const double anoclip_flops = model::VisionForwardFlops(config, anoclip.local_aware_patches, anoclip.plain_patches);
+    out["vision.clip.gflop_per_image"] = clip_flops / 1e9;
+    out["vision.anoclip.gflop_per_image"] = anoclip_flops / 1e9;
+    for (const char* b : {".b1", ".b8"}) {
+      const double clip_s = Median(vision[std::string("vision.clip") + b]);
+      const double anoclip_s = Median(vision[std::string("vision.anoclip") + b]);
+      out[std::string("vision.clip") + b] = clip_s;
+      out[std::string("vision.anoclip") + b] = anoclip_s;
+      out[std::string("vision.clip.gflops") + b] = clip_flops / clip_s / 1e9;
+      out[std::string("vision.anoclip.gflops") + b] = anoclip_flops / anoclip_s / 1e9;
+      const auto shape = model::LargestVisionGemm(config, b == std::string(".b1") ? 1 : 8);
+      out[std::string("sgemm_shape") + b] = absl::StrCat(shape.m, "x", shape.k, "x", shape.n);
+      std::string best_library;
+      double best = 0;
+      for (const std::string library : {GemmRate::BlasName(), std::string("onednn")}) {
+        const double rate = Median(vision["sgemm_gflops." + library + b]);
+        out["sgemm_gflops." + library + b] = rate;
+        if (rate > best) best = rate, best_library = library;
+      }
+      out[std::string("sgemm_gflops") + b] = best;
+      out[std::string("sgemm_library") + b] = best_library;
+      out[std::string("ratio.anoclip_over_sgemm") + b] = anoclip_flops / anoclip_s / 1e9 / best;
+    }
   }
 
   // Text: one class's 2N prompts, truncated at the longest prompt versus all positions.
@@ -124,9 +202,21 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     full_s.push_back(Seconds([&] { model->EncodeText(tokens, /*full_context=*/true); sync(); }));
   }
   if (wants("text")) {
+    // The work the bucketed pass does: each prompt runs to its bucket's longest prompt.
+    const auto ends = tokens.argmax(-1).cpu();
+    std::vector<int64_t> lengths;
+    for (int64_t i = 0; i < prompt_count; ++i) lengths.push_back(ends[i].item<int64_t>() + 1);
+    double class_flops = 0;
+    for (const auto& bucket : model::TextBuckets(lengths, model::kTextBucketMinTokens, model::kTextBucketMaxTokens)) {
+      class_flops += static_cast<double>(bucket.rows.size()) * model::TextForwardFlops(config, bucket.length);
+    }
+    const double full_flops = prompt_count * model::TextForwardFlops(config, config.text.context_length);
     out["text.prompts"] = prompt_count;
     out["text.class_s"] = Median(class_s);
     out["text.full_context_s"] = Median(full_s);
+    out["text.gflop_class"] = class_flops / 1e9;
+    out["text.gflops"] = class_flops / Median(class_s) / 1e9;
+    out["text.gflops_full_context"] = full_flops / Median(full_s) / 1e9;
   }
 
   // TTA alone, on real patch tokens and text features.
@@ -161,6 +251,55 @@ int RunBenchCommand(const std::vector<std::string>& words) {
       if (run >= 0) detect[batch].push_back(s / batch);
     }
   }
+  // Reduced precision against float32 on the same images: the forward's speed-up within each
+  // run, and how far the results move.
+  const std::string precision = args->String("precision", "fp32");
+  if (precision != "fp32" && wants("precision")) {
+    auto reference_options = DetectorOptionsFromArguments(*args);
+    reference_options->precision = "fp32";
+    auto reference = anomaly::Detector::Create(*reference_options);
+    if (!reference.ok()) {
+      std::cerr << "anoclip bench: " << reference.status().message() << "\n";
+      return 1;
+    }
+    const auto& reference_impl = (*reference)->impl();
+    auto reference_model = reference_impl.model;
+    const model::VisionRequest anoclip_request{true, false};
+    std::map<int64_t, std::vector<double>> speedup;
+    for (int64_t batch : {1, 8}) {
+      auto images = torch::randn({batch, 3, size, size});
+      auto reduced_input = impl.ToModelInput(images), reference_input = reference_impl.ToModelInput(images);
+      for (int run = -1; run < options.runs; ++run) {
+        const double fp32_s = Seconds([&] { reference_model->EncodeImage(reference_input, anoclip_request); sync(); });
+        const double reduced_s = Seconds([&] { model->EncodeImage(reduced_input, anoclip_request); sync(); });
+        if (run >= 0) speedup[batch].push_back(fp32_s / reduced_s);
+      }
+    }
+    auto images = torch::randn({8, 3, size, size});
+    auto shared = std::make_shared<const anomaly::TextFeatures>(*text);
+    std::vector<std::shared_ptr<const anomaly::TextFeatures>> texts(8, shared);
+    anomaly::DetectOptions with_tta;
+    with_tta.tta = true;
+    double min_correlation = 1, min_tta_correlation = 1, max_score_diff = 0;
+    auto reduced = (*detector)->Detect(images, texts, {with_tta});
+    auto full = (*reference)->Detect(images, texts, {with_tta});
+    if (!reduced.ok() || !full.ok()) {
+      std::cerr << "anoclip bench: " << (reduced.ok() ? full.status() : reduced.status()).message() << "\n";
+      return 1;
+    }
+    for (size_t i = 0; i < full->size(); ++i) {
+      const auto &r = (*reduced)[i], &f = (*full)[i];
+      min_correlation = std::min(min_correlation, Correlation(r.zero_shot_anomaly_map, f.zero_shot_anomaly_map));
+      min_tta_correlation = std::min(min_tta_correlation, Correlation(r.anomaly_map, f.anomaly_map));
+      max_score_diff = std::max<double>(max_score_diff, std::abs(r.image_score - f.image_score));
+    }
+    out["precision"] = precision;
+    out["precision.speedup.b1"] = Median(speedup[1]);
+    out["precision.speedup.b8"] = Median(speedup[8]);
+    out["precision.map_correlation_min"] = min_correlation;
+    out["precision.tta_map_correlation_min"] = min_tta_correlation;
+    out["precision.image_score_max_abs_diff"] = max_score_diff;
+  }
   if (wants("detect")) {
     out["detect.b1"] = Median(detect[1]);
     out["detect.b8"] = Median(detect[8]);
@@ -180,6 +319,21 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   if (wants("text")) {
     out["ratio.text_full_over_class"] = out["text.full_context_s"].get<double>() / out["text.class_s"].get<double>();
   }
+  if (wants("vision")) {
+    out["ratio.anoclip_b8_over_b1"] = out["vision.anoclip.b8"].get<double>() / out["vision.anoclip.b1"].get<double>();
+  }
+  // Memory against the weight file: the peak while loading, and resident after the runs above.
+  std::error_code error;
+  const auto weights_bytes = std::filesystem::file_size(args->String("model") + "/open_clip_model.safetensors", error);
+  if (!error) out["memory.weights_file_mb"] = weights_bytes / 1048576.0;
+  out["memory.load_s"] = load_s;
+  out["memory.peak_after_load_mb"] = hwm_after_load_mb;
+  out["memory.rss_after_load_mb"] = rss_after_load_mb;
+  out["memory.peak_mb"] = ProcessMemoryMb("VmHWM");
+  out["memory.rss_mb"] = ProcessMemoryMb("VmRSS");
+  const auto [cpu, cpu_flags] = CpuNameAndPrecisionFlags();
+  out["cpu"] = cpu;
+  out["cpu_precision_flags"] = cpu_flags;
   out["threads"] = at::get_num_threads();
   out["blas"] = BlasLibraryPath();
   out["blas_kernels"] = OpenBlasCoreName();

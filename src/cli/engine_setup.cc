@@ -10,7 +10,7 @@
 
 namespace anoclip::cli {
 
-std::set<std::string> EngineValueFlags() { return {"model", "vocab", "device", "dtype", "threads"}; }
+std::set<std::string> EngineValueFlags() { return {"model", "vocab", "device", "dtype", "threads", "precision"}; }
 
 absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Arguments& args) {
   anomaly::DetectorOptions options;
@@ -28,6 +28,13 @@ absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Argu
   if (options.dtype != "float32" && options.dtype != "float16" && options.dtype != "bfloat16") {
     return absl::InvalidArgumentError(
         absl::StrCat("--dtype must be float32, float16 or bfloat16; was \"", options.dtype, "\""));
+  }
+  options.precision = args.String("precision", "fp32");
+  if (options.precision != "fp32" && options.precision != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32 or bf16; was \"", options.precision, "\""));
+  }
+  if (options.precision != "fp32" && options.device != "cpu") {
+    return absl::InvalidArgumentError("--precision is for the CPU; on CUDA use --dtype");
   }
   ANOCLIP_ASSIGN_OR_RETURN(int64_t threads, args.Int("threads", 0, 0, 1024));
   options.threads = static_cast<int>(threads);

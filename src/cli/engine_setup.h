@@ -19,11 +19,11 @@
 
 namespace anoclip::cli {
 
-// Flags every engine subcommand takes: model, vocab, device, dtype, threads.
+// Flags every engine subcommand takes: model, vocab, device, dtype, threads, precision.
 std::set<std::string> EngineValueFlags();
 
 // --model (required), --vocab, --device (cpu|cuda|cuda:N), --dtype (float32|float16|bfloat16),
-// --threads (0..1024).
+// --threads (0..1024), --precision fp32|bf16 (CPU only).
 absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Arguments& args);
 
 // DetectorOptionsFromArguments, then loads the model.

@@ -76,7 +76,9 @@ absl::StatusOr<StateDict> ReadSafetensors(const std::string& path, std::map<std:
   }
   auto mapping = std::make_shared<Mapping>();
   mapping->size = file_size;
-  mapping->data = mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  // Private and writable: pages are shared with the page cache until written, and a write
+  // (to a tensor that aliases the file) copies that page instead of faulting.
+  mapping->data = mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   close(fd);
   if (mapping->data == MAP_FAILED) return Invalid(path, absl::StrCat("mmap failed: ", std::strerror(errno)));
   const auto* bytes = static_cast<const uint8_t*>(mapping->data);

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <numeric>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -93,20 +95,57 @@ ClipModelImpl::ClipModelImpl(const OpenClipConfig& cfg) : config(cfg) {
   logit_scale = register_parameter("logit_scale", torch::full({}, std::log(1.0 / 0.07)));
 }
 
+std::vector<TextBucket> TextBuckets(const std::vector<int64_t>& lengths, int64_t min_tokens, int64_t max_tokens) {
+  std::vector<int64_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] < lengths[b]; });
+  std::vector<TextBucket> buckets;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int64_t length = lengths[order[i]];
+    TextBucket* open = buckets.empty() ? nullptr : &buckets.back();
+    const int64_t rows = open ? static_cast<int64_t>(open->rows.size()) : 0;
+    // A longer prompt starts a new bucket once this one is big enough for efficient GEMMs; any
+    // prompt does once the next one would be too big.
+    const bool full = open && (rows + 1) * length > max_tokens;
+    const bool big_enough = open && rows * open->length >= min_tokens && length > open->length;
+    if (open == nullptr || full || big_enough) {
+      buckets.push_back({});
+      open = &buckets.back();
+    }
+    open->rows.push_back(order[i]);
+    open->length = length;
+  }
+  return buckets;
+}
+
 at::Tensor ClipModelImpl::EncodeText(const at::Tensor& token_ids, bool full_context) {
   auto end_positions = token_ids.argmax(-1);  // the end token has the largest id
-  int64_t length = token_ids.size(1);
-  if (!full_context && token_ids.size(0) > 0) {
-    length = std::min<int64_t>(length, end_positions.max().item<int64_t>() + 1);
+  if (full_context || token_ids.size(0) == 0) {
+    return EncodeTextPositions(token_ids, end_positions, token_ids.size(1));
   }
+  const auto ends_cpu = end_positions.to(torch::kCPU).contiguous();
+  std::vector<int64_t> lengths(ends_cpu.data_ptr<int64_t>(), ends_cpu.data_ptr<int64_t>() + ends_cpu.numel());
+  for (auto& length : lengths) ++length;
+  at::Tensor out;
+  for (const auto& bucket : TextBuckets(lengths, kTextBucketMinTokens, kTextBucketMaxTokens)) {
+    auto rows = torch::tensor(bucket.rows, torch::kLong).to(token_ids.device());
+    auto encoded = EncodeTextPositions(token_ids.index_select(0, rows), end_positions.index_select(0, rows),
+                                       bucket.length);
+    if (!out.defined()) out = at::empty({token_ids.size(0), encoded.size(1)}, encoded.options());
+    out.index_copy_(0, rows, encoded);
+  }
+  return out;
+}
+
+at::Tensor ClipModelImpl::EncodeTextPositions(const at::Tensor& token_ids, const at::Tensor& end_positions,
+                                              int64_t length) {
   auto ids = token_ids.narrow(1, 0, length);
   auto x = token_embedding->forward(ids) + positional_embedding.narrow(0, 0, length);
   auto mask = torch::full({length, length}, -std::numeric_limits<float>::infinity(), x.options())
                   .triu(1);
   x = transformer->forward(x, mask);
-  x = ln_final->forward(x);
   auto rows = torch::arange(x.size(0), torch::TensorOptions().device(x.device()).dtype(torch::kLong));
-  return at::matmul(x.index({rows, end_positions}), text_projection);
+  return at::matmul(ln_final->forward(x.index({rows, end_positions})), text_projection);
 }
 
 absl::Status LoadClipWeights(ClipModel& model, const io::StateDict& weights) {
@@ -151,7 +190,12 @@ absl::Status LoadClipWeights(ClipModel& model, const io::StateDict& weights) {
       return absl::InvalidArgumentError(
           absl::StrCat("weight ", item.key(), " has non-floating dtype ", c10::toString(source.scalar_type())));
     }
-    item.value().copy_(source);
+    if (source.scalar_type() == item.value().scalar_type() && source.device() == item.value().device() &&
+        source.is_contiguous()) {
+      item.value().set_data(source);  // share the loaded (mapped) bytes: no second copy of the model
+    } else {
+      item.value().copy_(source);
+    }
   }
   return absl::OkStatus();
 }

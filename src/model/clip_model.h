@@ -11,6 +11,8 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include <vector>
+
 #include "absl/status/statusor.h"
 #include "io/state_dict.h"
 #include "model/open_clip_config.h"
@@ -46,16 +48,33 @@ struct LocalAwareEncoderImpl : torch::nn::Module {
 };
 TORCH_MODULE(LocalAwareEncoder);
 
+// Prompts of one text forward: their row indices and the positions they run.
+struct TextBucket {
+  std::vector<int64_t> rows;
+  int64_t length = 0;
+};
+// Sorts prompts by token count (`lengths`: end token position + 1) and cuts the sorted list into
+// buckets: a bucket closes at a longer prompt once it holds min_tokens positions (rows × length),
+// and before it would exceed max_tokens. Large buckets keep the GEMMs efficient; cutting at
+// length changes keeps padding (positions past a prompt's end) small.
+std::vector<TextBucket> TextBuckets(const std::vector<int64_t>& lengths, int64_t min_tokens, int64_t max_tokens);
+inline constexpr int64_t kTextBucketMinTokens = 1024;
+inline constexpr int64_t kTextBucketMaxTokens = 8192;
+
 struct ClipModelImpl : torch::nn::Module {
   explicit ClipModelImpl(const OpenClipConfig& config);
 
-  // token_ids: [N,context] int64 (zero-padded, end token = largest id). Runs the causal
-  // transformer only up to the longest prompt's end token, which is exact because no position
-  // attends to a later one. Returns [N,D] unnormalised.
+  // token_ids: [N,context] int64 (zero-padded, end token = largest id). Prompts run in buckets
+  // of similar length (TextBuckets), each only up to its own longest prompt's end token, which
+  // is exact because no position attends to a later one; `full_context` runs all positions.
+  // Returns [N,D] unnormalised, in the rows' order.
   at::Tensor EncodeText(const at::Tensor& token_ids, bool full_context = false);
   VisionOutput EncodeImage(const at::Tensor& images, const VisionRequest& request) {
     return visual->forward(images, request);
   }
+
+  // The rows of token_ids through the first `length` positions.
+  at::Tensor EncodeTextPositions(const at::Tensor& token_ids, const at::Tensor& end_positions, int64_t length);
 
   OpenClipConfig config;
   LocalAwareEncoder visual{nullptr};
@@ -66,8 +85,10 @@ struct ClipModelImpl : torch::nn::Module {
 };
 TORCH_MODULE(ClipModel);
 
-// Copies `weights` into the model's parameters. Every parameter must be present with its exact
-// shape; the error lists what is missing, mis-shaped or unexpected.
+// Makes `weights` the model's parameters: a contiguous tensor of the parameter's dtype and device
+// becomes the parameter itself (for a mapped file, its pages are the weights), anything else is
+// copied and converted. Every parameter must be present with its exact shape; the error lists
+// what is missing, mis-shaped or unexpected.
 absl::Status LoadClipWeights(ClipModel& model, const io::StateDict& weights);
 
 }  // namespace anoclip::model

@@ -183,6 +183,37 @@ TEST_F(DetectorGoldenTest, MixedClassBatchEqualsOneByOne) {
   }
 }
 
+TEST_F(DetectorGoldenTest, Bf16PrecisionFollowsFloat32) {
+  DetectorOptions options;
+  options.model_dir = ::anoclip::testing::TinyModelDir();
+  options.vocab_path = ::anoclip::testing::VocabPath();
+  options.precision = "bf16";
+  auto reduced = Detector::Create(options);
+  ASSERT_TRUE(reduced.ok()) << reduced.status();
+  const auto& c = GoldenJson()["cases"][0];
+  const std::string name = c["case"];
+  DetectOptions detect;
+  detect.keep_tokens = true;
+  detect.tta = true;
+  auto result = (*reduced)->Detect(GoldenTensor(name + "/input").unsqueeze(0), {Text(c["class"], c["kind"])}, {detect});
+  ASSERT_TRUE(result.ok()) << result.status();
+  const auto& d = result.value()[0];
+  // bfloat16 keeps 8 significant bits: tokens follow float32 to about 1% of their scale.
+  auto correlation = [](const at::Tensor& a, const at::Tensor& b) {
+    auto x = a.flatten().to(torch::kDouble) - a.mean().item<double>(), y = b.flatten().to(torch::kDouble) - b.mean().item<double>();
+    return ((x * y).sum() / (x.norm() * y.norm())).item<double>();
+  };
+  EXPECT_GT(correlation(d.vv_tokens, GoldenTensor(name + "/vv_tokens")), 0.999);
+  EXPECT_GT(correlation(d.cls_embedding, GoldenTensor(name + "/cls_embedding")), 0.999);
+  const auto golden_vv = GoldenTensor(name + "/vv_tokens");
+  EXPECT_TRUE(AllClose(d.vv_tokens, golden_vv, 5e-2 * golden_vv.abs().max().item<double>()));
+  EXPECT_EQ(d.anomaly_map.sizes(), GoldenTensor(name + "/anomaly_map").sizes());
+  EXPECT_TRUE(torch::isfinite(d.anomaly_map).all().item<bool>());
+
+  options.precision = "int4";
+  EXPECT_EQ(Detector::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(DetectorGoldenTest, RejectsBadArguments) {
   auto text = Text("bottle", "object");
   auto wrong_size = detector_->Detect(torch::zeros({1, 3, 64, 64}), {text}, {DetectOptions{}});

@@ -52,6 +52,48 @@ TEST_F(ClipModelTest, TruncatedTextPassEqualsFullContext) {
   EXPECT_LT((truncated - full).abs().max().item<double>(), 1e-5 * full.abs().max().item<double>());
 }
 
+TEST(TextBucketsTest, SortsByLengthAndCutsAtLengthChangesOnceBigEnough) {
+  // Rows 0..5 with lengths 5,3,5,9,3,4, at least 6 positions before a cut: the two 3s close at
+  // the 4; the 4 alone is too small to close, so the 5s join it; the 9 would overflow 20.
+  auto buckets = TextBuckets({5, 3, 5, 9, 3, 4}, /*min_tokens=*/6, /*max_tokens=*/20);
+  ASSERT_EQ(buckets.size(), 3u);
+  EXPECT_EQ(buckets[0].rows, (std::vector<int64_t>{1, 4}));
+  EXPECT_EQ(buckets[0].length, 3);
+  EXPECT_EQ(buckets[1].rows, (std::vector<int64_t>{5, 0, 2}));
+  EXPECT_EQ(buckets[1].length, 5);
+  EXPECT_EQ(buckets[2].rows, (std::vector<int64_t>{3}));
+  EXPECT_EQ(buckets[2].length, 9);
+  // max_tokens bounds a bucket even among equal lengths.
+  auto capped = TextBuckets({4, 4, 4, 4, 4}, 1, 8);
+  ASSERT_EQ(capped.size(), 3u);
+  EXPECT_EQ(capped[2].rows, (std::vector<int64_t>{4}));
+  EXPECT_TRUE(TextBuckets({}, 1, 8).empty());
+}
+
+TEST_F(ClipModelTest, BucketedTextPassEqualsFullContextInTheRowsOrder) {
+  ClipModel model(config_);
+  ASSERT_TRUE(LoadClipWeights(model, weights_).ok());
+  auto tokenizer = BpeTokenizer::FromFile(::anoclip::testing::VocabPath());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  // Enough prompts of mixed lengths for several buckets, in an order that is not sorted.
+  std::vector<int64_t> ids, lengths;
+  const int64_t count = 240;
+  for (int64_t i = 0; i < count; ++i) {
+    std::string text = "a photo of a";
+    for (int64_t w = 0; w < (i * 7) % 40; ++w) text += " damaged";
+    auto row = (*tokenizer)->EncodeForModel(text, 77);
+    lengths.push_back(std::max_element(row.begin(), row.end()) - row.begin() + 1);
+    ids.insert(ids.end(), row.begin(), row.end());
+  }
+  ASSERT_GT(TextBuckets(lengths, kTextBucketMinTokens, kTextBucketMaxTokens).size(), 1u);
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::tensor(ids, torch::kLong).view({count, 77});
+  auto bucketed = model->EncodeText(tokens);
+  auto full = model->EncodeText(tokens, /*full_context=*/true);
+  ASSERT_EQ(bucketed.sizes(), full.sizes());
+  EXPECT_LT((bucketed - full).abs().max().item<double>(), 1e-5 * full.abs().max().item<double>());
+}
+
 TEST_F(ClipModelTest, NamesMissingMisshapedAndUnexpectedWeights) {
   ClipModel model(config_);
   auto weights = weights_;
