@@ -3,6 +3,7 @@
 # detect`), same model, one run; then the metrics stage alone on a synthetic set the size of
 # MVTec AD's test split (1,725 images, 240x240 maps). Not part of the test suite.
 #   MODEL=DIR (default: the tiny reference model)  IMAGES=K test images per class (default 24)
+#   THREADS=N intra-op threads for both (default 0: all cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BUILD_DIR:-build}/bin
@@ -14,8 +15,10 @@ trap 'rm -rf "$WORK"' EXIT
 
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p')"
 "$BIN/anoclip" make-dataset --layout mvtec --out "$WORK/data" --classes 2 --images "${IMAGES:-24}" --size 256 --seed 0
-"$BIN/anoclip" bench --model "$MODEL" --vocab "$VOCAB" --runs 3 --parts detect --json > "$WORK/bench.json" 2>/dev/null
-"$BIN/anoclip" eval --data "$WORK/data" --dataset mvtec --model "$MODEL" --vocab "$VOCAB" --batch 8 \
+THREADS=${THREADS:-0}
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$BIN/anoclip" bench --model "$MODEL" --vocab "$VOCAB" --threads "$THREADS" --runs 5 --parts detect --json > "$WORK/bench.json" 2>/dev/null
+"$BIN/anoclip" eval --data "$WORK/data" --dataset mvtec --model "$MODEL" --vocab "$VOCAB" --batch 8 --threads "$THREADS" \
   --out "$WORK/eval" > /dev/null 2>"$WORK/eval.log" || { cat "$WORK/eval.log"; exit 1; }
 /usr/bin/python3 - "$WORK/bench.json" "$WORK/eval/metrics.json" <<'PY'
 import json, sys
@@ -30,4 +33,5 @@ print(f"anoclip eval scoring:    {whole:.2f} images/s ({timings['images_scored']
 print(f"eval / bench: {whole / engine:.3f}")
 print(f"eval metrics stage {timings['metrics']:.3f} s, reports {timings['report']:.3f} s, whole run {timings['total']:.2f} s")
 PY
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BIN/eval_metrics_bench"

@@ -43,7 +43,7 @@ std::string Scratch() {
   return dir;
 }
 
-Result Run(const std::string& command) {
+Result Shell(const std::string& command) {
   static int counter = 0;
   const std::string err_path = Scratch() + "/stderr_" + std::to_string(counter++);
   Result result{-1, "", ""};
@@ -59,7 +59,7 @@ Result Run(const std::string& command) {
   return result;
 }
 
-Result Anoclip(const std::string& arguments) { return Run(::anoclip::testing::BinDir() + "/anoclip " + arguments); }
+Result Anoclip(const std::string& arguments) { return Shell(::anoclip::testing::BinDir() + "/anoclip " + arguments); }
 
 std::string ModelFlags() {
   return "--model " + ::anoclip::testing::TinyModelDir() + " --vocab " + ::anoclip::testing::VocabPath();
@@ -182,12 +182,12 @@ TEST(EvalCliTest, MvtecLayoutEndToEndAndTheSameScoresAsDetect) {
   EXPECT_THAT(again.errors, HasSubstr("--resume"));
 
   // Headless Chromium renders the report: a screenshot that is not blank.
-  if (Run("command -v chromium").exit_code != 0) {
+  if (Shell("command -v chromium").exit_code != 0) {
     GTEST_SKIP() << "chromium is not installed (scripts/install-deps.sh installs it); report.html not rendered";
   }
   const std::string shot = Scratch() + "/report.png";
   const std::string profile = Scratch() + "/chromium-profile";
-  const Result chromium = Run(
+  const Result chromium = Shell(
       "timeout 180 chromium --headless --no-sandbox --disable-gpu --disable-background-networking "
       "--disable-component-update --disable-sync --no-first-run --user-data-dir=" + profile +
       " --screenshot=" + shot + " --window-size=1200,900 file://" + fs::absolute(out + "/report.html").string());
@@ -246,10 +246,10 @@ TEST(EvalCliTest, FolderLayoutWithAndWithoutMasks) {
 }
 
 TEST(EvalCliTest, ProgressBarOnATerminal) {
-  if (Run("command -v script").exit_code != 0) GTEST_SKIP() << "util-linux script (a pseudo-terminal) is absent";
+  if (Shell("command -v script").exit_code != 0) GTEST_SKIP() << "util-linux script (a pseudo-terminal) is absent";
   const std::string data = MakeDataset("folder", 1, 4, 64, "tty");
   // `script` gives the command a pseudo-terminal and copies what it shows to stdout.
-  const Result run = Run("script -qec '" + ::anoclip::testing::BinDir() + "/anoclip eval --data " + data +
+  const Result run = Shell("script -qec '" + ::anoclip::testing::BinDir() + "/anoclip eval --data " + data +
                          " --dataset folder " + ModelFlags() + " --out " + Scratch() + "/tty_out --batch 1' /dev/null");
   ASSERT_EQ(run.exit_code, 0) << run.output << run.errors;
   EXPECT_THAT(run.output, HasSubstr("\r[##"));
@@ -338,8 +338,8 @@ TEST(EvalCliTest, MissingAndUnreadableFilesAreNamedNotSkipped) {
 
 TEST(EvalCliTest, UsageErrors) {
   const std::string model = ModelFlags();
-  for (const std::string& arguments :
-       {"eval --dataset mvtec " + model, "eval --data x --dataset coco " + model, "eval --data x --dataset mvtec",
+  for (const std::string& arguments : std::vector<std::string>{
+           "eval --dataset mvtec " + model, "eval --data x --dataset coco " + model, "eval --data x --dataset mvtec",
         "eval --data x --dataset mvtec --threshold 0.5 --calibration-dir y " + model,
         "eval --data x --dataset mvtec --batch 0 " + model, "eval --data x --dataset mvtec --threshold 1.5 " + model,
         std::string("make-dataset --layout folder --out x --classes 2"), std::string("make-dataset --layout mvtec"),
