@@ -144,7 +144,7 @@ TEST_F(ClientTest, DetectPrintsScoresAndWritesHeatmapOverlayAndMask) {
   EXPECT_TRUE(lines[1].find("ANOMALOUS") != std::string::npos || lines[1].find("normal") != std::string::npos);
   for (const char* stem : {"good_0", "defect_scratch"}) {
     for (const char* kind : {"heatmap", "overlay", "mask"}) {
-      const cv::Mat image = cv::imread(out + "/" + stem + "_" + kind + ".png", cv::IMREAD_UNCHANGED);
+      const cv::Mat image = cv::imread(out + "/" + stem + ".png_" + kind + ".png", cv::IMREAD_UNCHANGED);
       ASSERT_FALSE(image.empty()) << stem << " " << kind;
       EXPECT_EQ(image.size(), cv::Size(160, 160)) << stem << " " << kind;
     }
@@ -153,9 +153,9 @@ TEST_F(ClientTest, DetectPrintsScoresAndWritesHeatmapOverlayAndMask) {
   const auto plain = FreshDir("detect_plain");
   r = RunClient("detect " + *samples_ + "/good_1.png --class bottle --out " + plain + T());
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(std::filesystem::exists(plain + "/good_1_heatmap.png"));
-  EXPECT_TRUE(std::filesystem::exists(plain + "/good_1_overlay.png"));
-  EXPECT_FALSE(std::filesystem::exists(plain + "/good_1_mask.png"));
+  EXPECT_TRUE(std::filesystem::exists(plain + "/good_1.png_heatmap.png"));
+  EXPECT_TRUE(std::filesystem::exists(plain + "/good_1.png_overlay.png"));
+  EXPECT_FALSE(std::filesystem::exists(plain + "/good_1.png_mask.png"));
 }
 
 TEST_F(ClientTest, DetectJsonHasTheKeysAndScoresOfAnoclipDetect) {
