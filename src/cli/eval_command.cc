@@ -1,7 +1,7 @@
 // `anoclip eval`: accuracy on labelled images (MVTec AD, VisA or a folder of the user's own
 // parts). Every image goes through Detector::Detect, the engine call the server makes, in batches
 // of one class; per-image results are appended to OUT/results/<class>.bin as they come, so an
-// interrupted run continues with --resume. Then the metrics of ALGORITHM.md §8 per class and
+// interrupted run continues with --resume. Then the metrics of docs/algorithm.md §8 per class and
 // their mean, the operating point of a calibration or --threshold, and the reports.
 #include <ATen/ATen.h>
 
@@ -126,7 +126,7 @@ cv::Mat ToMat(const at::Tensor& map) {
       .clone();
 }
 
-// The ground truth at the evaluation size (ALGORITHM.md §8): nonzero mask pixels are defect, the
+// The ground truth at the evaluation size (docs/algorithm.md §8): nonzero mask pixels are defect, the
 // binary mask is resized like the images and binarised at 0.5. Returns 0/1.
 absl::StatusOr<cv::Mat> ReadMask(const std::string& path, int size) {
   ANOCLIP_ASSIGN_OR_RETURN(cv::Mat rgb, ReadImageForDetector(path));

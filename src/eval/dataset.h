@@ -47,7 +47,7 @@ struct Dataset {
   std::vector<Problem> problems;  // missing files; their samples are not in `classes`
 };
 
-// Folder names to prompt class names (ALGORITHM.md §8): '_' to ' ', macaroni1/macaroni2 to macaroni.
+// Folder names to prompt class names (docs/algorithm.md §8): '_' to ' ', macaroni1/macaroni2 to macaroni.
 std::string PromptClassName(const std::string& folder_name);
 
 // `classes`: the classes to read (empty: all, sorted by name); a named class that is absent is an

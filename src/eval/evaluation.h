@@ -1,5 +1,5 @@
 // One class's metrics from its per-image results (eval/results_store.h): image AUROC, AP, F1max,
-// AUPR; pixel AUROC, AP, F1max and PRO when the class has masks (ALGORITHM.md §8); the curves for
+// AUPR; pixel AUROC, AP, F1max and PRO when the class has masks (docs/algorithm.md §8); the curves for
 // the report; and, given a calibration or a raw threshold, the operating point the service would
 // decide with (inspection/decision.h): image verdicts and pixels above the threshold, counted
 // against the labels. The mean over classes averages each metric over the classes that define it.

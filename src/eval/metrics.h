@@ -1,4 +1,4 @@
-// The evaluation metrics of ALGORITHM.md §8, exact and torch-free.
+// The evaluation metrics of docs/algorithm.md §8, exact and torch-free.
 //
 // Scores are ranked over their distinct values, ties counted together (as scikit-learn does):
 //   AUROC     trapezoid area under the ROC curve (ties give the diagonal);

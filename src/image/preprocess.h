@@ -1,4 +1,4 @@
-// ALGORITHM.md §6: resize to S×S (bilinear, anti-aliased when shrinking, like PIL), /255,
+// docs/algorithm.md §6: resize to S×S (bilinear, anti-aliased when shrinking, like PIL), /255,
 // per-channel normalisation. Output: contiguous float32 [3,S,S] CPU tensor.
 #pragma once
 

@@ -1,6 +1,6 @@
 // OpenCLIP's CLIP (ViT image tower + causal text tower) as libtorch modules whose parameter
 // names are exactly the state-dict keys of `open_clip_model.safetensors`, with AnoCLIP's
-// local-aware (value-value) path in the image tower (ALGORITHM.md §4).
+// local-aware (value-value) path in the image tower (docs/algorithm.md §4).
 //
 // Include only where the model runs (engine, tests, benchmarks): this pulls in torch/nn.
 #pragma once

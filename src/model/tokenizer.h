@@ -1,4 +1,4 @@
-// The CLIP byte-level BPE tokenizer (ALGORITHM.md §2), bit-exact with OpenAI/OpenCLIP's
+// The CLIP byte-level BPE tokenizer (docs/algorithm.md §2), bit-exact with OpenAI/OpenCLIP's
 // SimpleTokenizer. Immutable after construction; Encode is thread-safe.
 #pragma once
 
