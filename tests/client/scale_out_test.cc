@@ -71,8 +71,10 @@ TEST_P(ScaleOutTest, OneReplicaKilledMidRunLosesOnlyItsCallsInFlight) {
 
   ASSERT_TRUE(killed_mid_run) << "the run ended before the victim had answered " << kKillAfter << " calls";
   ASSERT_EQ(run.exit_code == 0 || run.exit_code == 1, true) << run.err;
-  const auto json = nlohmann::json::parse(ReadWholeFile(report), nullptr, false);
-  ASSERT_FALSE(json.is_discarded()) << run.out << run.err;
+  const auto whole = nlohmann::json::parse(ReadWholeFile(report), nullptr, false);
+  ASSERT_FALSE(whole.is_discarded()) << run.out << run.err;
+  ASSERT_EQ(whole["runs"].size(), 1u);
+  const auto& json = whole["runs"][0];
 
   // The load spread over all three before the kill.
   for (int i = 0; i < 3; ++i) EXPECT_GT(before[i], 0) << "replica " << i << " saw no traffic";
