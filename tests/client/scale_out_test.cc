@@ -1,7 +1,8 @@
 // Scale-out on one machine: three anoclip-server replicas on loopback ports, anoclip-client
 // loadtest balancing over them round robin (ipv4:127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3), and
 // one replica SIGKILLed once it has served a share of the run. Each replica's /metrics shows the
-// load spread; the run still answers every request except those in flight on the killed replica.
+// load spread; with --max-attempts 3 the run answers every request except those in flight on the
+// killed replica; with one attempt the failures are listed for contrast.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -71,8 +72,10 @@ TEST_P(ScaleOutTest, OneReplicaKilledMidRunLosesOnlyItsCallsInFlight) {
 
   ASSERT_TRUE(killed_mid_run) << "the run ended before the victim had answered " << kKillAfter << " calls";
   ASSERT_EQ(run.exit_code == 0 || run.exit_code == 1, true) << run.err;
-  const auto json = nlohmann::json::parse(ReadWholeFile(report), nullptr, false);
-  ASSERT_FALSE(json.is_discarded()) << run.out << run.err;
+  const auto whole = nlohmann::json::parse(ReadWholeFile(report), nullptr, false);
+  ASSERT_FALSE(whole.is_discarded()) << run.out << run.err;
+  ASSERT_EQ(whole["runs"].size(), 1u);
+  const auto& json = whole["runs"][0];
 
   // The load spread over all three before the kill.
   for (int i = 0; i < 3; ++i) EXPECT_GT(before[i], 0) << "replica " << i << " saw no traffic";
@@ -82,13 +85,14 @@ TEST_P(ScaleOutTest, OneReplicaKilledMidRunLosesOnlyItsCallsInFlight) {
   EXPECT_GT(after[0] + after[1], before[0] + before[2]);
   EXPECT_LE(after[0] + after[1] + before[1], kRequests * max_attempts);
 
-  // Every request was answered except those in flight on the victim: at most one per worker,
-  // each UNAVAILABLE (the connection went away), and the report lists them.
+  // Every failure is UNAVAILABLE (the connection went away), and the report lists them. With
+  // retries, only a call whose answer had begun when the victim died can fail: at most one per
+  // worker. Without, calls sent to the victim before the client noticed its death fail too.
   const int requests = json["requests"].get<int>();
   const int ok = json["ok"].get<int>();
   EXPECT_EQ(requests, kRequests);
   const int failed = requests - ok;
-  EXPECT_LE(failed, kConcurrency);
+  if (max_attempts > 1) EXPECT_LE(failed, kConcurrency);
   int unavailable = 0;
   for (const auto& [code, count] : json["codes"].items()) {
     if (code == "OK") continue;
