@@ -215,7 +215,9 @@ absl::StatusOr<cv::Mat> DecodeImage(std::string_view bytes, const ImageLimits& l
   if (!header.ok()) return header.status();
   // Checked before OpenCV allocates the pixel buffer: first the size our own reader sees, then,
   // before the codec is given more than the header, the sizes the codec itself will allocate.
-  if (!WithinPixelLimit(header->width, header->height, limits)) return OverLimit("image", header->width, header->height, limits);
+  if (!WithinPixelLimit(header->width, header->height, limits)) {
+    return OverLimit("image", header->width, header->height, limits);
+  }
   if (header->format == "jpeg") {
     if (auto complete = CheckJpegComplete(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
         !complete.ok()) {
