@@ -6,17 +6,14 @@
 #include "absl/time/clock.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/stopwatch.h"
 
 namespace anoclip::server {
 namespace {
 
 using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
-using SteadyClock = std::chrono::steady_clock;
-
-double SecondsSince(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
+using anoclip::SteadyClock;
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
+#include "common/stopwatch.h"
 #include "image/preprocess.h"
 #include "inspection/inspect.h"
 #include "inspection/render.h"
@@ -20,11 +21,7 @@ namespace {
 
 using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
-using SteadyClock = std::chrono::steady_clock;
-
-double SecondsSince(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
+using anoclip::SteadyClock;
 
 cv::Mat TensorToMat(const at::Tensor& map) {
   auto contiguous = map.to(at::kFloat).contiguous();

@@ -14,6 +14,7 @@
 #include "anomaly/scorer.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "common/stopwatch.h"
 #include "io/state_dict.h"
 #include "model/clip_model.h"
 #include "model/tokenizer.h"
@@ -22,11 +23,7 @@ namespace anoclip::anomaly {
 namespace F = torch::nn::functional;
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using Clock = anoclip::SteadyClock;
 
 absl::StatusOr<std::string> ResolveVocabPath(const DetectorOptions& options) {
   std::vector<std::string> candidates;

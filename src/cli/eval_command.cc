@@ -28,6 +28,7 @@
 #include "cli/engine_setup.h"
 #include "common/files.h"
 #include "common/status_macros.h"
+#include "common/stopwatch.h"
 #include "eval/dataset.h"
 #include "eval/evaluation.h"
 #include "eval/overlay.h"
@@ -41,7 +42,7 @@ namespace anoclip::cli {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using Clock = anoclip::SteadyClock;
 
 constexpr char kUsage[] =
     "usage: anoclip eval --data DIR --dataset mvtec|visa|folder --model DIR [--classes a,b]\n"
@@ -116,8 +117,6 @@ absl::StatusOr<EvalRequest> EvalRequestFromArguments(const Arguments& args) {
   }
   return request;
 }
-
-double SecondsSince(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 cv::Mat ToMat(const at::Tensor& map) {
   auto contiguous = map.to(at::kFloat).cpu().contiguous();
