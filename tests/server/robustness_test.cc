@@ -3,7 +3,12 @@
 // never read, calls during a drain, a second server on a busy port, made-up class names.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include <opencv2/imgcodecs.hpp>
@@ -179,6 +184,25 @@ TEST_F(RobustnessTest, EvictingAnEmptyNameIsInvalidArgument) {
   grpc::ClientContext context;
   anoclip::v1::EvictClassResponse evicted;
   EXPECT_EQ(stub_->EvictClass(&context, {}, &evicted).error_code(), grpc::INVALID_ARGUMENT);
+}
+
+// The binary's exit codes: 2 for flags, 3 for a model that cannot be loaded (missing or corrupt).
+TEST(ServerExitCodeTest, AModelThatCannotBeLoadedHasItsOwnExitCode) {
+  const std::string dir = ::testing::TempDir() + "/corrupt_model";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/open_clip_config.json") << "{not json";
+  const std::string server = ::anoclip::testing::BinDir() + "/anoclip-server";
+  const std::string common = " --listen 127.0.0.1:0 --metrics-listen '' >" + dir + "/out.log 2>&1";
+  auto exit_code = [](const std::string& command) {
+    const int status = std::system(command.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  EXPECT_EQ(exit_code(server + " --model " + dir + "/missing" + common), 3);
+  EXPECT_EQ(exit_code(server + " --model " + dir + common), 3);
+  std::ifstream log(dir + "/out.log");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("cannot load the model from " + dir), std::string::npos) << text;
+  EXPECT_EQ(exit_code(server + " --model " + dir + " --max-batch 0" + common), 2);
 }
 
 }  // namespace
