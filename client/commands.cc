@@ -26,7 +26,7 @@
 namespace anoclip::client {
 namespace {
 
-using anoclip::v1::AnomalyDetection;
+using anoclip::v1::AnomalyDetectionService;
 using Clock = std::chrono::steady_clock;
 
 // Marks statuses that carry what the service answered (as opposed to bad flags).
@@ -74,10 +74,10 @@ int RunCommand(const char* name, const std::vector<std::string>& words, std::set
   return 0;
 }
 
-absl::StatusOr<std::unique_ptr<AnomalyDetection::Stub>> Connect(const ConnectionOptions& options) {
+absl::StatusOr<std::unique_ptr<AnomalyDetectionService::Stub>> Connect(const ConnectionOptions& options) {
   ANOCLIP_ASSIGN_OR_RETURN(auto channel, MakeChannel(options));
   ANOCLIP_RETURN_IF_ERROR(WaitConnected(*channel, options));
-  return AnomalyDetection::NewStub(channel);
+  return AnomalyDetectionService::NewStub(channel);
 }
 
 std::string HumanLine(const std::string& image, const anoclip::v1::DetectResponse& r) {
@@ -279,15 +279,20 @@ int RunDetect(const std::vector<std::string>& words) {
             request.set_image_bytes(bytes);
             request.set_request_id(path);
             grpc::ClientContext context;
-            PrepareContext(context, c);
+            const std::string sent_id = PrepareContext(context, c);
             anoclip::v1::DetectResponse response;
-            ANOCLIP_RETURN_IF_ERROR(FromGrpc(stub->Detect(&context, request, &response), c.target));
+            const grpc::Status called = stub->Detect(&context, request, &response);
+            // The server's copy of the id, which its log lines carry; ours if it sent none.
+            std::string request_id = ServerRequestId(context);
+            if (request_id.empty()) request_id = sent_id;
+            ANOCLIP_RETURN_IF_ERROR(FromGrpc(called, absl::StrCat(c.target, ", request_id ", request_id)));
             if (args.Flag("json")) {
               auto json = ResponseToJson(response);
               json["image"] = path;
+              json["request_id"] = request_id;
               std::cout << json.dump() << std::endl;
             } else {
-              std::cout << HumanLine(path, response) << std::endl;
+              std::cout << HumanLine(path, response) << "  request_id " << request_id << std::endl;
             }
             if (out) ANOCLIP_RETURN_IF_ERROR(WriteResponseImages(response, bytes, args.String("out"), names[i]));
             return absl::OkStatus();
@@ -329,11 +334,11 @@ int RunInspect(const std::vector<std::string>& words) {
         const std::vector<std::string> names = OutputNames(paths);
         for (size_t i = 0; i < paths.size(); ++i) name_of[paths[i]] = names[i];
         grpc::ClientContext context;
+        const std::string stream_id = PrepareContext(context, c);
         // One deadline per image: the stream as a whole gets the sum.
         context.set_deadline(std::chrono::system_clock::now() +
                              std::chrono::milliseconds(static_cast<int64_t>(c.deadline_ms) *
                                                        static_cast<int64_t>(1 + paths.size())));
-        if (!c.token.empty()) context.AddMetadata("authorization", "Bearer " + c.token);
         auto stream = stub->Inspect(&context);
         const auto start = Clock::now();
 
@@ -357,9 +362,11 @@ int RunInspect(const std::vector<std::string>& words) {
               ++in_flight;
               if (out) bytes_by_id[path] = *bytes;
             }
-            request.set_request_id(path);
-            request.set_image_bytes(*std::move(bytes));
-            if (!stream->Write(request)) break;
+            anoclip::v1::InspectRequest next;
+            *next.mutable_detect() = request;
+            next.mutable_detect()->set_request_id(path);
+            next.mutable_detect()->set_image_bytes(*std::move(bytes));
+            if (!stream->Write(next)) break;
           }
           stream->WritesDone();
         });
@@ -370,19 +377,22 @@ int RunInspect(const std::vector<std::string>& words) {
         size_t answered = 0, failed = 0, anomalous = 0;
         std::vector<float> scores;
         absl::Status first_error;
-        anoclip::v1::DetectResponse response;
-        while (stream->Read(&response)) {
+        anoclip::v1::InspectResponse answer;
+        while (stream->Read(&answer)) {
+          const anoclip::v1::DetectResponse& response = answer.detection();
+          const google::rpc::Status& error = answer.error();
           {
             absl::MutexLock lock(&mutex);
             --in_flight;
           }
           ++answered;
-          const std::string id = response.request_id();
+          const std::string id = answer.request_id();
+          const bool ok = !answer.has_error();
           nlohmann::ordered_json json;
-          if (response.error_code() != 0) {
+          if (!ok) {
             ++failed;
-            std::cout << id << ": " << StatusCodeName(response.error_code()) << ": " << response.error_message() << "\n";
-            json = {{"error", StatusCodeName(response.error_code())}, {"message", response.error_message()}};
+            std::cout << id << ": " << StatusCodeName(error.code()) << ": " << error.message() << "\n";
+            json = {{"error", StatusCodeName(error.code())}, {"message", error.message()}};
           } else {
             if (response.has_is_anomalous() && response.is_anomalous()) ++anomalous;
             scores.push_back(response.image_score());
@@ -404,7 +414,6 @@ int RunInspect(const std::vector<std::string>& words) {
           }
           json["image"] = id;
           results.push_back(json);
-          const bool ok = response.error_code() == 0;
           csv += absl::StrCat(
               CsvField(id), ",", ok ? absl::StrFormat("%.6f", response.image_score()) : "", ",",
               ok ? absl::StrFormat("%.6f", response.max_pixel_score()) : "", ",",
@@ -412,7 +421,7 @@ int RunInspect(const std::vector<std::string>& words) {
               ",", response.has_is_anomalous() ? (response.is_anomalous() ? "true" : "false") : "", ",",
               ok ? absl::StrCat(response.regions_size()) : "", ",",
               ok ? absl::StrFormat("%.2f", response.timings().total_seconds() * 1e3) : "", ",",
-              CsvField(ok ? "" : StatusCodeName(response.error_code()) + ": " + response.error_message()), "\n");
+              CsvField(ok ? "" : StatusCodeName(error.code()) + ": " + error.message()), "\n");
           if (bar) {
             const int width = 30, filled = static_cast<int>(width * answered / paths.size());
             std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << answered
@@ -440,8 +449,11 @@ int RunInspect(const std::vector<std::string>& words) {
         if (args.Has("json")) ANOCLIP_RETURN_IF_ERROR(WriteStringToFile(args.String("json"), results.dump(2) + "\n"));
         std::cout << absl::StrFormat("inspected %d of %d images in %.2f s (%.1f images/s): ", answered, paths.size(),
                                      seconds, seconds > 0 ? answered / seconds : 0.0)
-                  << VerdictSummary(decides, anomalous, scores) << absl::StrFormat(", %d failed\n", failed);
-        ANOCLIP_RETURN_IF_ERROR(FromGrpc(finish, c.target));
+                  << VerdictSummary(decides, anomalous, scores) << absl::StrFormat(", %d failed", failed);
+        std::string request_id = ServerRequestId(context);
+        if (request_id.empty()) request_id = stream_id;
+        std::cout << "; stream request_id " << request_id << "\n";
+        ANOCLIP_RETURN_IF_ERROR(FromGrpc(finish, absl::StrCat(c.target, ", request_id ", request_id)));
         if (answered + unreadable.size() != paths.size()) {
           return absl::DataLossError(absl::StrCat("only ", answered, " of ", paths.size(), " images were answered"));
         }

@@ -8,19 +8,21 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 
 namespace anoclip::client {
 std::set<std::string> ConnectionFlags() {
   return {"target", "ca-cert", "client-cert", "client-key", "server-name", "token", "token-file", "deadline-ms",
-          "connect-timeout-ms", "max-attempts"};
+          "connect-timeout-ms", "max-attempts", "request-id"};
 }
 
 const char kConnectionUsage[] =
     "  connection: [--target HOST:PORT | ipv4:A:P1,A:P2 | dns:///NAME:PORT] (default 127.0.0.1:50051)\n"
     "              [--ca-cert PEM [--client-cert PEM --client-key PEM] [--server-name NAME]]\n"
     "              [--token T | --token-file FILE] [--deadline-ms N] [--connect-timeout-ms N]\n"
-    "              [--max-attempts N] (1-5, default 1: retry UNAVAILABLE calls on another replica)\n";
+    "              [--max-attempts N] (1-5, default 1: retry UNAVAILABLE calls on another replica)\n"
+    "              [--request-id ID] (x-request-id of every call; default a new random id per call)\n";
 
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args) {
   ConnectionOptions options;
@@ -45,6 +47,10 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
   // gRPC caps a retry policy at 5 attempts.
   ANOCLIP_ASSIGN_OR_RETURN(int64_t attempts, args.Int("max-attempts", 1, 1, 5));
   options.max_attempts = static_cast<int>(attempts);
+  options.request_id = args.String("request-id");
+  if (args.Has("request-id") && !IsUsableRequestId(options.request_id)) {
+    return absl::InvalidArgumentError("--request-id takes 1 to 128 printable characters without spaces");
+  }
   if (options.client_cert.empty() != options.client_key.empty()) {
     return absl::InvalidArgumentError("--client-cert and --client-key go together");
   }
@@ -63,7 +69,7 @@ std::string ServiceConfigJson(int max_attempts) {
   if (max_attempts > 1) {
     // Every method is safe to repeat: Detect has no side effect beyond the text-bank cache. A
     // call is retried only while no answer has begun, so a replica killed mid-call costs a retry.
-    config["methodConfig"] = {{{"name", {{{"service", "anoclip.v1.AnomalyDetection"}}}},
+    config["methodConfig"] = {{{"name", {{{"service", "anoclip.v1.AnomalyDetectionService"}}}},
                                {"retryPolicy",
                                 {{"maxAttempts", max_attempts},
                                  {"initialBackoff", "0.05s"},
@@ -113,9 +119,18 @@ absl::Status WaitConnected(grpc::Channel& channel, const ConnectionOptions& opti
   return absl::OkStatus();
 }
 
-void PrepareContext(grpc::ClientContext& context, const ConnectionOptions& options) {
+std::string PrepareContext(grpc::ClientContext& context, const ConnectionOptions& options) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options.deadline_ms));
   if (!options.token.empty()) context.AddMetadata("authorization", "Bearer " + options.token);
+  const std::string id = options.request_id.empty() ? NewRequestId() : options.request_id;
+  context.AddMetadata("x-request-id", id);
+  return id;
+}
+
+std::string ServerRequestId(const grpc::ClientContext& context) {
+  const auto& trailers = context.GetServerTrailingMetadata();
+  auto it = trailers.find("x-request-id");
+  return it == trailers.end() ? "" : std::string(it->second.data(), it->second.size());
 }
 
 }  // namespace anoclip::client

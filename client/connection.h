@@ -25,6 +25,7 @@ struct ConnectionOptions {
   int deadline_ms = 30000;  // per call
   int connect_timeout_ms = 5000;
   int max_attempts = 1;     // per call; above 1, UNAVAILABLE answers are retried on another pick
+  std::string request_id;   // x-request-id of every call; empty: a new random id per call
 };
 
 // The flags every subcommand takes, and their usage lines.
@@ -33,7 +34,7 @@ extern const char kConnectionUsage[];
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args);
 
 // The channel's service config: round_robin, and with max_attempts > 1 a retry policy for
-// UNAVAILABLE on every method of anoclip.v1.AnomalyDetection.
+// UNAVAILABLE on every method of anoclip.v1.AnomalyDetectionService.
 std::string ServiceConfigJson(int max_attempts);
 
 // `index` distinguishes channels so they do not share one connection.
@@ -42,7 +43,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptio
 // Waits for the channel to connect; UNAVAILABLE with the target named when it does not.
 absl::Status WaitConnected(grpc::Channel& channel, const ConnectionOptions& options);
 
-// Deadline and token on a call.
-void PrepareContext(grpc::ClientContext& context, const ConnectionOptions& options);
+// Deadline, token and x-request-id on a call; returns the request id sent.
+std::string PrepareContext(grpc::ClientContext& context, const ConnectionOptions& options);
+
+// The x-request-id the server returned in its trailing metadata (empty if none); read it after
+// the call has finished.
+std::string ServerRequestId(const grpc::ClientContext& context);
 
 }  // namespace anoclip::client

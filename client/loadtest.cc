@@ -19,7 +19,7 @@ namespace anoclip::client {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using Stub = anoclip::v1::AnomalyDetection::Stub;
+using Stub = anoclip::v1::AnomalyDetectionService::Stub;
 
 constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
 
@@ -52,14 +52,16 @@ class WorkerStream {
       if (!connection_.token.empty()) context_.AddMetadata("authorization", "Bearer " + connection_.token);
       stream_ = stub_.Inspect(&context_);
     }
-    anoclip::v1::DetectResponse response;
-    if (!stream_->Write(request) || !stream_->Read(&response)) {
+    anoclip::v1::InspectRequest inspect;
+    *inspect.mutable_detect() = request;
+    anoclip::v1::InspectResponse response;
+    if (!stream_->Write(inspect) || !stream_->Read(&response)) {
       broken_ = true;
       const grpc::Status status = stream_->Finish();
       if (status.ok()) return {static_cast<int>(grpc::StatusCode::UNAVAILABLE), "the stream ended early"};
       return {static_cast<int>(status.error_code()), status.error_message()};
     }
-    return {response.error_code(), response.error_message()};
+    return {response.error().code(), response.error().message()};
   }
   bool broken() const { return broken_; }
 
@@ -68,7 +70,7 @@ class WorkerStream {
   const ConnectionOptions& connection_;
   absl::Duration phase_;
   grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<anoclip::v1::DetectRequest, anoclip::v1::DetectResponse>> stream_;
+  std::unique_ptr<grpc::ClientReaderWriter<anoclip::v1::InspectRequest, anoclip::v1::InspectResponse>> stream_;
   bool broken_ = false;
 };
 
@@ -220,7 +222,7 @@ absl::StatusOr<LoadResult> RunLoad(const ConnectionOptions& connection, const Lo
   for (int i = 0; i < options.connections; ++i) {
     ANOCLIP_ASSIGN_OR_RETURN(auto channel, MakeChannel(connection, i));
     ANOCLIP_RETURN_IF_ERROR(WaitConnected(*channel, connection));
-    stubs.push_back(anoclip::v1::AnomalyDetection::NewStub(channel));
+    stubs.push_back(anoclip::v1::AnomalyDetectionService::NewStub(channel));
   }
   int64_t next_index = 0;
   if (options.warmup > absl::ZeroDuration()) {

@@ -64,7 +64,7 @@ absl::StatusOr<anoclip::v1::DetectRequest> RequestTemplate(const Arguments& args
   ANOCLIP_ASSIGN_OR_RETURN(int64_t min_area, args.Int("min-region-area", 1, 0, INT64_MAX));
   options->set_min_region_area(min_area);
   if (want_heatmap) {
-    options->set_heatmap_format(anoclip::v1::HEATMAP_PNG);
+    options->set_heatmap_format(anoclip::v1::HEATMAP_FORMAT_PNG);
     options->set_heatmap_size(anoclip::v1::HEATMAP_SIZE_ORIGINAL);
   }
   return request;
@@ -139,7 +139,7 @@ nlohmann::ordered_json ResponseToJson(const anoclip::v1::DetectResponse& r) {
 
 absl::StatusOr<inspection::Inspection> InspectionFromResponse(const anoclip::v1::DetectResponse& response) {
   const auto& heatmap = response.heatmap();
-  if (heatmap.format() != anoclip::v1::HEATMAP_PNG) return absl::InvalidArgumentError("the response carries no PNG heatmap");
+  if (heatmap.format() != anoclip::v1::HEATMAP_FORMAT_PNG) return absl::InvalidArgumentError("the response carries no PNG heatmap");
   inspection::Inspection inspection;
   try {
     const std::vector<uchar> png(heatmap.data().begin(), heatmap.data().end());

@@ -47,12 +47,12 @@ std::vector<std::string> OutputNames(const std::vector<std::string>& paths);
 nlohmann::ordered_json ResponseToJson(const anoclip::v1::DetectResponse& response);
 
 // The service's inspection as the images need it: scores, verdict, regions and the gray heatmap
-// (a HEATMAP_PNG response; the service draws it on the fixed scale). InvalidArgument otherwise.
+// (a HEATMAP_FORMAT_PNG response; the service draws it on the fixed scale). InvalidArgument otherwise.
 absl::StatusOr<inspection::Inspection> InspectionFromResponse(const anoclip::v1::DetectResponse& response);
 
 // The images of inspection/inspect.h, NAME_heatmap.png, NAME_overlay.png and, when a decision was
 // made, NAME_mask.png, under `dir` (NAME may hold folders; they are created). Needs a
-// HEATMAP_PNG response at the original size.
+// HEATMAP_FORMAT_PNG response at the original size.
 absl::Status WriteResponseImages(const anoclip::v1::DetectResponse& response, const std::string& image_bytes,
                                  const std::string& dir, const std::string& name);
 

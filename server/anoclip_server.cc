@@ -5,7 +5,6 @@
 #include <iostream>
 #include <sstream>
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/grpcpp.h>
 #include <openssl/pem.h>
@@ -20,13 +19,14 @@
 #include "common/status_macros.h"
 #include "server/anomaly_service.h"
 #include "server/metrics.h"
+#include "server/reflection_v1.h"
 #include "server/worker_pool.h"
 
 namespace anoclip::server {
 namespace {
 
 constexpr const char* kVersion = kServerVersion;
-constexpr char kServiceName[] = "anoclip.v1.AnomalyDetection";
+constexpr char kServiceName[] = "anoclip.v1.AnomalyDetectionService";
 
 // gRPC only says "cannot listen" when the key and certificate disagree: check them first, with
 // OpenSSL, to say which file is wrong.
@@ -105,6 +105,7 @@ struct AnoclipServer::State {
   std::unique_ptr<WorkerPool> text_builds;  // the text bank's executor: one build at a time
   std::unique_ptr<anomaly::TextBank> text_bank;
   std::unique_ptr<AnomalyService> service;
+  std::unique_ptr<ReflectionV1Service> reflection;
   std::unique_ptr<grpc::Server> grpc_server;
   std::unique_ptr<MetricsHttpServer> metrics_server;
   int grpc_port = 0;
@@ -193,8 +194,9 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
   }
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  state->reflection = std::make_unique<ReflectionV1Service>();
+  state->reflection->RegisterWith(builder);
   ANOCLIP_ASSIGN_OR_RETURN(auto credentials, Credentials(config));
   builder.AddListeningPort(config.listen, credentials, &state->grpc_port);
   // Without this, a second server on the same port starts too and the kernel splits the traffic.
@@ -206,6 +208,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", config.listen, " (in use, or not an address of this host)"));
   }
+  state->reflection->Attach(state->grpc_server.get());
   if (!config.metrics_listen.empty()) {
     auto* bank = state->text_bank.get();
     ANOCLIP_ASSIGN_OR_RETURN(state->metrics_server, MetricsHttpServer::Start(config.metrics_listen, [metrics, bank] {

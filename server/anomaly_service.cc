@@ -7,6 +7,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "common/stopwatch.h"
+#include "server/log.h"
 
 namespace anoclip::server {
 namespace {
@@ -41,15 +42,23 @@ AnomalyService::~AnomalyService() {
   if (pipeline_) pipeline_->Stop();
 }
 
+void AnomalyService::Answer(grpc::ServerUnaryReactor* reactor, const char* method, const std::string& request_id,
+                            SteadyClock::time_point start, const absl::Status& status, nlohmann::ordered_json fields) {
+  const double seconds = SecondsSince(start);
+  metrics_->ObserveRequest(method, StatusCodeName(status.code()), seconds);
+  LogCall(method, request_id, status, seconds, std::move(fields));
+  reactor->Finish(ToGrpcStatus(status));
+}
+
 template <typename Body>
 grpc::ServerUnaryReactor* AnomalyService::Unary(grpc::CallbackServerContext* context, const char* method, Body body) {
   const auto start = SteadyClock::now();
+  const std::string request_id = TakeRequestId(*context);
   auto* reactor = context->DefaultReactor();
   auto slot = admission_->AdmitCall(*context);
   absl::Status status = slot.status();
   if (status.ok()) status = body();
-  metrics_->ObserveRequest(method, StatusCodeName(status.code()), SecondsSince(start));
-  reactor->Finish(ToGrpcStatus(status));
+  Answer(reactor, method, request_id, start, status);
   return reactor;
 }
 
@@ -57,9 +66,10 @@ grpc::ServerUnaryReactor* AnomalyService::Detect(grpc::CallbackServerContext* co
                                                  DetectResponse* response) {
   const auto start = SteadyClock::now();
   auto* reactor = context->DefaultReactor();
-  auto finish = [this, reactor, start](const absl::Status& status) {
-    metrics_->ObserveRequest("Detect", StatusCodeName(status.code()), SecondsSince(start));
-    reactor->Finish(ToGrpcStatus(status));
+  auto finish = [this, reactor, start, request_id = TakeRequestId(*context), item = request->request_id()](
+                    const absl::Status& status, nlohmann::ordered_json fields = {}) {
+    if (!item.empty()) fields["item_id"] = item;
+    Answer(reactor, "Detect", request_id, start, status, std::move(fields));
   };
   auto call = admission_->AdmitCall(*context);
   if (!call.ok()) {
@@ -78,15 +88,20 @@ grpc::ServerUnaryReactor* AnomalyService::Detect(grpc::CallbackServerContext* co
   pipeline_->Run(borrowed, std::move(slot).value(), absl::FromChrono(context->deadline()),
                  [context] { return context->IsCancelled(); },
                  [this, response, finish, call_slot](absl::Status status, DetectResponse result) {
-                   if (status.ok()) *response = std::move(result);
+                   nlohmann::ordered_json fields;
+                   if (status.ok()) {
+                     fields = {{"class", result.class_name()}, {"image_score", result.image_score()}};
+                     *response = std::move(result);
+                   }
                    metrics_->in_flight().Decrement();
                    call_slot->Release();
-                   finish(status);
+                   finish(status, std::move(fields));
                  });
   return reactor;
 }
 
-grpc::ServerBidiReactor<DetectRequest, DetectResponse>* AnomalyService::Inspect(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<anoclip::v1::InspectRequest, anoclip::v1::InspectResponse>* AnomalyService::Inspect(
+    grpc::CallbackServerContext* context) {
   return StartInspectStream(context, admission_.get(), pipeline_.get(), metrics_, options_.stream);
 }
 
@@ -95,9 +110,8 @@ grpc::ServerUnaryReactor* AnomalyService::PrepareClass(grpc::CallbackServerConte
                                                        anoclip::v1::PrepareClassResponse* response) {
   const auto start = SteadyClock::now();
   auto* reactor = context->DefaultReactor();
-  auto finish = [this, reactor, start](const absl::Status& status) {
-    metrics_->ObserveRequest("PrepareClass", StatusCodeName(status.code()), SecondsSince(start));
-    reactor->Finish(ToGrpcStatus(status));
+  auto finish = [this, reactor, start, request_id = TakeRequestId(*context)](const absl::Status& status) {
+    Answer(reactor, "PrepareClass", request_id, start, status);
   };
   auto call = admission_->AdmitCall(*context);
   auto spec = call.ok() ? PromptSpecFromProto(request->class_spec(), options_.pipeline.request_limits)

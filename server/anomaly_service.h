@@ -1,4 +1,4 @@
-// The anoclip.v1.AnomalyDetection service on gRPC's callback API: thin handlers. Each admits the
+// The anoclip.v1.AnomalyDetectionService service on gRPC's callback API: thin handlers. Each admits the
 // call (server/admission.h), hands image requests to the DetectPipeline and Inspect streams to
 // their reactor (server/inspect_stream.h), and answers; proto <-> core conversion lives in
 // server/request_conversion.h. Handlers never block: text builds for PrepareClass run on the
@@ -8,9 +8,12 @@
 #include <memory>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "anoclip/v1/anoclip.grpc.pb.h"
 #include "anomaly/detector.h"
 #include "anomaly/text_bank.h"
+#include "common/stopwatch.h"
 #include "server/admission.h"
 #include "server/detect_pipeline.h"
 #include "server/inspect_stream.h"
@@ -25,7 +28,7 @@ struct ServiceOptions {
   std::string version;
 };
 
-class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackService {
+class AnomalyService final : public anoclip::v1::AnomalyDetectionService::CallbackService {
  public:
   static absl::StatusOr<std::unique_ptr<AnomalyService>> Create(const anomaly::Detector* detector,
                                                                 anomaly::TextBank* text_bank,
@@ -43,7 +46,7 @@ class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackServi
 
   grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context, const anoclip::v1::DetectRequest* request,
                                    anoclip::v1::DetectResponse* response) override;
-  grpc::ServerBidiReactor<anoclip::v1::DetectRequest, anoclip::v1::DetectResponse>* Inspect(
+  grpc::ServerBidiReactor<anoclip::v1::InspectRequest, anoclip::v1::InspectResponse>* Inspect(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* PrepareClass(grpc::CallbackServerContext* context,
                                          const anoclip::v1::PrepareClassRequest* request,
@@ -61,6 +64,9 @@ class AnomalyService final : public anoclip::v1::AnomalyDetection::CallbackServi
  private:
   AnomalyService(const anomaly::Detector* detector, anomaly::TextBank* text_bank, ServiceMetrics* metrics,
                  ServiceOptions options);
+  // Counts the finished call in the metrics, writes its access log line and answers it.
+  void Answer(grpc::ServerUnaryReactor* reactor, const char* method, const std::string& request_id,
+              SteadyClock::time_point start, const absl::Status& status, nlohmann::ordered_json fields = {});
   // Admits, runs `body` on the callback thread (it must be quick) and answers.
   template <typename Body>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method, Body body);

@@ -249,15 +249,15 @@ absl::Status DetectPipeline::Postprocess(DetectCall& call, const anomaly::Detect
   heatmap->set_width(inspected.scores.cols);
   heatmap->set_height(inspected.scores.rows);
   switch (input.heatmap_format) {
-    case anoclip::v1::HEATMAP_FLOAT32:
+    case anoclip::v1::HEATMAP_FORMAT_FLOAT32:
       heatmap->set_data(inspected.scores.ptr<float>(), inspected.scores.total() * sizeof(float));
       break;
-    case anoclip::v1::HEATMAP_PNG: {
+    case anoclip::v1::HEATMAP_FORMAT_PNG: {
       ANOCLIP_ASSIGN_OR_RETURN(auto png, inspection::EncodePng(inspected.heatmap));
       heatmap->set_data(std::move(png));
       break;
     }
-    case anoclip::v1::HEATMAP_OVERLAY_PNG: {
+    case anoclip::v1::HEATMAP_FORMAT_OVERLAY_PNG: {
       ANOCLIP_ASSIGN_OR_RETURN(auto png, inspection::EncodePng(inspection::RenderOverlay(call.rgb, inspected)));
       heatmap->set_data(std::move(png));
       break;

@@ -5,22 +5,31 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/log.h"
 
 namespace anoclip::server {
 namespace {
 
 using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
+using anoclip::v1::InspectRequest;
+using anoclip::v1::InspectResponse;
 using SteadyClock = std::chrono::steady_clock;
 
-class InspectReactor : public grpc::ServerBidiReactor<DetectRequest, DetectResponse> {
+class InspectReactor : public grpc::ServerBidiReactor<InspectRequest, InspectResponse> {
  public:
   InspectReactor(grpc::CallbackServerContext* context, Admission* admission, DetectPipeline* pipeline,
                  ServiceMetrics* metrics, const StreamOptions& options)
-      : context_(context), admission_(admission), pipeline_(pipeline), metrics_(metrics), options_(options) {
+      : context_(context),
+        admission_(admission),
+        pipeline_(pipeline),
+        metrics_(metrics),
+        options_(options),
+        request_id_(TakeRequestId(*context)) {
     auto slot = admission_->AdmitCall(*context_);
     if (!slot.ok()) {
       metrics_->ObserveRequest("Inspect", StatusCodeName(slot.status().code()), 0);
+      LogCall("Inspect", request_id_, slot.status(), 0);
       finished_ = true;
       Finish(ToGrpcStatus(slot.status()));
       return;
@@ -38,7 +47,7 @@ class InspectReactor : public grpc::ServerBidiReactor<DetectRequest, DetectRespo
       MaybeFinishLocked();
       return;
     }
-    auto request = std::make_shared<const DetectRequest>(std::move(incoming_));
+    auto request = std::make_shared<const DetectRequest>(std::move(*incoming_.mutable_detect()));
     incoming_.Clear();
     {
       absl::MutexLock lock(&mutex_);
@@ -50,13 +59,16 @@ class InspectReactor : public grpc::ServerBidiReactor<DetectRequest, DetectRespo
     auto done = [this, id, start](absl::Status status, DetectResponse response) {
       const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
       metrics_->ObserveRequest("Inspect", StatusCodeName(status.code()), seconds);
-      if (!status.ok()) {
-        response = DetectResponse();
-        response.set_error_code(static_cast<int>(status.code()));
-        response.set_error_message(std::string(status.message()));
+      LogCall("Inspect", request_id_, status, seconds, {{"item_id", id}});
+      InspectResponse answer;
+      answer.set_request_id(id);
+      if (status.ok()) {
+        *answer.mutable_detection() = std::move(response);
+      } else {
+        answer.mutable_error()->set_code(static_cast<int>(status.code()));
+        answer.mutable_error()->set_message(std::string(status.message()));
       }
-      response.set_request_id(id);
-      Enqueue(std::move(response));
+      Enqueue(std::move(answer));
     };
     if (auto slot = admission_->AdmitRequest(); !slot.ok()) {
       done(slot.status(), {});
@@ -95,7 +107,7 @@ class InspectReactor : public grpc::ServerBidiReactor<DetectRequest, DetectRespo
   void OnDone() override { delete this; }
 
  private:
-  void Enqueue(DetectResponse response) {
+  void Enqueue(InspectResponse response) {
     absl::MutexLock lock(&mutex_);
     if (write_failed_) {
       --outstanding_;
@@ -129,10 +141,11 @@ class InspectReactor : public grpc::ServerBidiReactor<DetectRequest, DetectRespo
   DetectPipeline* pipeline_;
   ServiceMetrics* metrics_;
   const StreamOptions options_;
+  const std::string request_id_;  // the stream's x-request-id; each message has its own id too
   Admission::Slot call_slot_;
-  DetectRequest incoming_;
+  InspectRequest incoming_;
   absl::Mutex mutex_;
-  std::deque<DetectResponse> pending_ ABSL_GUARDED_BY(mutex_);  // front is being written
+  std::deque<InspectResponse> pending_ ABSL_GUARDED_BY(mutex_);  // front is being written
   int outstanding_ ABSL_GUARDED_BY(mutex_) = 0;  // read and not yet written
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
   bool read_pending_ ABSL_GUARDED_BY(mutex_) = false;
@@ -143,11 +156,11 @@ class InspectReactor : public grpc::ServerBidiReactor<DetectRequest, DetectRespo
 
 }  // namespace
 
-grpc::ServerBidiReactor<DetectRequest, DetectResponse>* StartInspectStream(grpc::CallbackServerContext* context,
-                                                                           Admission* admission,
-                                                                           DetectPipeline* pipeline,
-                                                                           ServiceMetrics* metrics,
-                                                                           const StreamOptions& options) {
+grpc::ServerBidiReactor<InspectRequest, InspectResponse>* StartInspectStream(grpc::CallbackServerContext* context,
+                                                                             Admission* admission,
+                                                                             DetectPipeline* pipeline,
+                                                                             ServiceMetrics* metrics,
+                                                                             const StreamOptions& options) {
   return new InspectReactor(context, admission, pipeline, metrics, options);
 }
 

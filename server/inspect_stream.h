@@ -20,7 +20,7 @@ struct StreamOptions {
 };
 
 // Starts a reactor for `context`; it deletes itself when gRPC is done with it.
-grpc::ServerBidiReactor<anoclip::v1::DetectRequest, anoclip::v1::DetectResponse>* StartInspectStream(
+grpc::ServerBidiReactor<anoclip::v1::InspectRequest, anoclip::v1::InspectResponse>* StartInspectStream(
     grpc::CallbackServerContext* context, Admission* admission, DetectPipeline* pipeline, ServiceMetrics* metrics,
     const StreamOptions& options);
 

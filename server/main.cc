@@ -1,4 +1,4 @@
-// anoclip-server: serves anoclip.v1.AnomalyDetection until SIGTERM/SIGINT, then drains.
+// anoclip-server: serves anoclip.v1.AnomalyDetectionService until SIGTERM/SIGINT, then drains.
 #include <pthread.h>
 #include <signal.h>
 
@@ -6,6 +6,7 @@
 
 #include "common/blas_info.h"
 #include "server/anoclip_server.h"
+#include "server/log.h"
 #include "server/server_config.h"
 
 int main(int argc, char** argv) {
@@ -37,19 +38,23 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  anoclip::LogBlasAtStartup("anoclip-server");
+  using anoclip::server::LogLine;
+  anoclip::server::ConfigureLog(config->log_format == "json" ? anoclip::server::LogFormat::kJson
+                                                             : anoclip::server::LogFormat::kText);
+  const anoclip::BlasReport blas = anoclip::DescribeBlas();
+  LogLine("info", "blas", {{"library", blas.library}, {"openblas_kernels", blas.kernels},
+                           {"openblas_coretype", blas.coretype}});
+  if (blas.reference) LogLine("warning", anoclip::kReferenceBlasWarning);
   auto server = anoclip::server::AnoclipServer::Start(*config);
   if (!server.ok()) {
-    std::cerr << "anoclip-server: " << server.status().message() << "\n";
+    LogLine("error", server.status().message());
     return server.status().GetPayload(anoclip::server::kModelErrorPayload).has_value() ? 3 : 1;
   }
-  std::cerr << "anoclip-server: serving on port " << (*server)->grpc_port() << ", metrics on port "
-            << (*server)->metrics_port() << std::endl;
+  LogLine("info", "serving", {{"grpc_port", (*server)->grpc_port()}, {"metrics_port", (*server)->metrics_port()}});
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  std::cerr << "anoclip-server: signal " << signal_number << ", draining (up to " << config->drain_timeout_s
-            << " s)" << std::endl;
+  LogLine("info", "draining", {{"signal", signal_number}, {"timeout_s", config->drain_timeout_s}});
   (*server)->Drain(absl::Seconds(config->drain_timeout_s));
-  std::cerr << "anoclip-server: drained" << std::endl;
+  LogLine("info", "drained");
   return 0;
 }

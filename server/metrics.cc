@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/process_metrics.h"
 
 namespace anoclip::server {
 namespace {
@@ -104,7 +105,11 @@ void ServiceMetrics::SyncTextBank(const anomaly::TextBankStats& stats) {
   synced_ = stats;
 }
 
-std::string ServiceMetrics::Serialize() { return prometheus::TextSerializer().Serialize(registry_->Collect()); }
+std::string ServiceMetrics::Serialize() {
+  auto families = registry_->Collect();
+  for (auto& family : CollectProcessMetrics()) families.push_back(std::move(family));
+  return prometheus::TextSerializer().Serialize(families);
+}
 
 absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& address) {
   const size_t colon = address.rfind(':');

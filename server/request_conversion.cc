@@ -85,7 +85,7 @@ absl::StatusOr<DetectInput> ParseDetectRequest(const DetectRequest& request, con
   ANOCLIP_RETURN_IF_ERROR(
       CheckEnum<anoclip::v1::HeatmapSize>(o.heatmap_size(), anoclip::v1::HeatmapSize_IsValid, "heatmap_size"));
   input.heatmap_format = o.heatmap_format();
-  input.heatmap_at_input_size = o.heatmap_size() == anoclip::v1::HEATMAP_SIZE_ORIGINAL;
+  input.heatmap_at_input_size = o.heatmap_size() != anoclip::v1::HEATMAP_SIZE_MODEL;
   if (o.min_region_area() < 0 || o.min_region_area() > limits.max_min_region_area) {
     return absl::InvalidArgumentError(
         absl::StrCat("min_region_area must be in 0..", limits.max_min_region_area, "; was ", o.min_region_area()));

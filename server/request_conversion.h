@@ -27,7 +27,7 @@ struct DetectInput {
   std::optional<double> threshold;
   bool use_calibration = false;
   int64_t min_region_area = 0;
-  anoclip::v1::HeatmapFormat heatmap_format = anoclip::v1::HEATMAP_NONE;
+  anoclip::v1::HeatmapFormat heatmap_format = anoclip::v1::HEATMAP_FORMAT_UNSPECIFIED;
   bool heatmap_at_input_size = true;
 };
 

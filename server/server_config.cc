@@ -123,6 +123,8 @@ const std::vector<Flag>& Flags() {
               &ServerConfig::drain_timeout_s, 1, 3600),
       StringFlag("ready-file", "PATH", "written with {\"grpc_port\":N,\"metrics_port\":M} once SERVING",
                  &ServerConfig::ready_file),
+      StringFlag("log-format", "FORMAT", "stderr log lines, one per event and per answered call: text or json",
+                 &ServerConfig::log_format),
   };
   return *flags;
 }
@@ -171,6 +173,9 @@ absl::Status Validate(const ServerConfig& c) {
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   }
+  if (c.log_format != "text" && c.log_format != "json") {
+    return absl::InvalidArgumentError(absl::StrCat("--log-format is text or json; got \"", c.log_format, "\""));
+  }
   if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
     return absl::InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key");
   }
@@ -183,7 +188,7 @@ std::string ServerUsage() {
   const ServerConfig defaults;
   std::string usage =
       "usage: anoclip-server --model DIR [--config FILE.json] [flags]\n"
-      "Serves anoclip.v1.AnomalyDetection, grpc.health.v1.Health and reflection; /metrics on its own port.\n"
+      "Serves anoclip.v1.AnomalyDetectionService, grpc.health.v1.Health and reflection; /metrics on its own port.\n"
       "--config FILE.json takes the same settings with underscores; flags override it.\n\n";
   for (const auto& flag : Flags()) {
     const std::string shown = flag.show(defaults);

@@ -40,6 +40,7 @@ struct ServerConfig {
   int64_t max_image_pixels = 50'000'000;
   int drain_timeout_s = 30;
   std::string ready_file;
+  std::string log_format = "text";  // or "json": one JSON object per line
 };
 
 // argv[1..]: flags as --name value / --name=value, and --config FILE.json whose keys are the

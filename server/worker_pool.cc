@@ -1,6 +1,6 @@
 #include "server/worker_pool.h"
 
-#include <iostream>
+#include "server/log.h"
 
 namespace anoclip::server {
 
@@ -42,9 +42,9 @@ void WorkerPool::Loop() {
     } catch (const std::exception& error) {
       // Tasks answer their own requests (their state's guard does when they cannot); the pool
       // only has to survive.
-      std::cerr << "anoclip-server: a worker task threw: " << error.what() << std::endl;
+      LogLine("error", "a worker task threw", {{"what", error.what()}});
     } catch (...) {
-      std::cerr << "anoclip-server: a worker task threw" << std::endl;
+      LogLine("error", "a worker task threw");
     }
   }
 }

@@ -20,6 +20,8 @@
 
 namespace anoclip::anomaly {
 
+struct Engine;  // anomaly/engine.h
+
 struct DetectorOptions {
   std::string model_dir;         // holds open_clip_config.json and the weights
   std::string vocab_path;        // empty: <model_dir>/bpe_simple_vocab_16e6.txt.gz, then $ANOCLIP_VOCAB
@@ -63,6 +65,8 @@ struct Detection {
 class Detector {
  public:
   static absl::StatusOr<std::unique_ptr<Detector>> Create(const DetectorOptions& options);
+  // On an engine already loaded (anomaly/engine.h), which others may share, e.g. a benchmark.
+  static std::unique_ptr<Detector> FromEngine(std::shared_ptr<Engine> engine);
   ~Detector();
 
   const model::OpenClipConfig& config() const;
@@ -86,13 +90,9 @@ class Detector {
       const at::Tensor& images, const std::vector<std::shared_ptr<const TextFeatures>>& text,
       const std::vector<DetectOptions>& options) const;
 
-  // The loaded towers (anomaly/detector_impl.h), for benchmarks.
-  struct Impl;
-  const Impl& impl() const { return *impl_; }
-
  private:
-  explicit Detector(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit Detector(std::shared_ptr<Engine> engine);
+  std::shared_ptr<Engine> engine_;
 };
 
 }  // namespace anoclip::anomaly

@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "anomaly/detector.h"
-#include "anomaly/detector_impl.h"
+#include "anomaly/engine.h"
 #include "anomaly/test_time_adapter.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -113,19 +113,26 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   options.json = args->Flag("json");
   const std::string parts = args->String("parts", "vision,text,tta,detect,precision");
   auto wants = [&parts](const std::string& part) { return parts.find(part) != std::string::npos; };
+  auto detector_options = DetectorOptionsFromArguments(*args);
+  if (!detector_options.ok()) {
+    std::cerr << "anoclip bench: " << detector_options.status().message() << "\n";
+    return 2;
+  }
+  // One engine: the Detector runs on it, and the tower timings below call it directly.
   const auto load_start = Clock::now();
-  auto detector = DetectorFromArguments(*args);
+  auto engine = anomaly::LoadEngine(*detector_options);
   const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
   const double rss_after_load_mb = ProcessMemoryMb("VmRSS"), hwm_after_load_mb = ProcessMemoryMb("VmHWM");
-  if (!detector.ok()) {
-    std::cerr << "anoclip bench: " << detector.status().message() << "\n";
+  if (!engine.ok()) {
+    std::cerr << "anoclip bench: " << engine.status().message() << "\n";
     return 1;
   }
-  const auto& impl = (*detector)->impl();
-  auto model = impl.model;
-  const auto& config = impl.config;
+  const auto detector = anomaly::Detector::FromEngine(*engine);
+  const anomaly::Engine& loaded = **engine;
+  auto model = loaded.model;
+  const auto& config = loaded.config;
   const int64_t size = config.vision.image_size;
-  const bool cuda = impl.device.is_cuda();
+  const bool cuda = loaded.device.is_cuda();
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
   };
@@ -141,7 +148,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   for (int64_t batch : {1, 8}) {
     if (!wants("vision")) break;
     const std::string b = ".b" + std::to_string(batch);
-    auto images = impl.ToModelInput(torch::randn({batch, 3, size, size}));
+    auto images = loaded.ToModelInput(torch::randn({batch, 3, size, size}));
     const GemmRate gemm(model::LargestVisionGemm(config, batch));
     const int gemm_reps = static_cast<int>(std::max<int64_t>(1, 8 / batch));
     for (int run = -1; run < options.runs; ++run) {  // run -1 warms up
@@ -189,12 +196,12 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   std::vector<int64_t> ids;
   for (const auto* list : {&prompts->normal, &prompts->abnormal}) {
     for (const auto& text : *list) {
-      auto row = impl.tokenizer->EncodeForModel(text, config.text.context_length);
+      auto row = loaded.tokenizer->EncodeForModel(text, config.text.context_length);
       ids.insert(ids.end(), row.begin(), row.end());
     }
   }
   const int64_t prompt_count = static_cast<int64_t>(ids.size()) / config.text.context_length;
-  auto tokens = torch::tensor(ids, torch::kLong).view({prompt_count, config.text.context_length}).to(impl.device);
+  auto tokens = torch::tensor(ids, torch::kLong).view({prompt_count, config.text.context_length}).to(loaded.device);
   std::vector<double> class_s, full_s;
   if (wants("text")) model->EncodeText(tokens.narrow(0, 0, 8));  // warm-up
   for (int run = 0; run < options.text_runs && wants("text"); ++run) {
@@ -220,7 +227,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   }
 
   // TTA alone, on real patch tokens and text features.
-  auto text = (*detector)->EncodeText(spec);
+  auto text = detector->EncodeText(spec);
   if (!text.ok()) {
     std::cerr << "anoclip bench: " << text.status().message() << "\n";
     return 1;
@@ -229,7 +236,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   std::map<int64_t, std::vector<double>> tta;
   for (int64_t batch : {1, 8}) {
     if (!wants("tta")) break;
-    auto patches = model->EncodeImage(impl.ToModelInput(torch::randn({batch, 3, size, size})), {true, false})
+    auto patches = model->EncodeImage(loaded.ToModelInput(torch::randn({batch, 3, size, size})), {true, false})
                        .local_aware_patches.to(torch::kFloat32);
     auto prompt_rows = text->prompts.unsqueeze(0).expand({batch, -1, -1}).contiguous();
     auto features = text->features.unsqueeze(0).expand({batch, -1, -1}).contiguous();
@@ -247,7 +254,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     auto shared = std::make_shared<const anomaly::TextFeatures>(*text);
     std::vector<std::shared_ptr<const anomaly::TextFeatures>> texts(batch, shared);
     for (int run = -1; run < options.runs; ++run) {
-      const double s = Seconds([&] { (void)(*detector)->Detect(images, texts, {anomaly::DetectOptions{}}); sync(); });
+      const double s = Seconds([&] { (void)detector->Detect(images, texts, {anomaly::DetectOptions{}}); sync(); });
       if (run >= 0) detect[batch].push_back(s / batch);
     }
   }
@@ -257,18 +264,19 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   if (precision != "fp32" && wants("precision")) {
     auto reference_options = DetectorOptionsFromArguments(*args);
     reference_options->precision = "fp32";
-    auto reference = anomaly::Detector::Create(*reference_options);
-    if (!reference.ok()) {
-      std::cerr << "anoclip bench: " << reference.status().message() << "\n";
+    auto reference_engine = anomaly::LoadEngine(*reference_options);
+    if (!reference_engine.ok()) {
+      std::cerr << "anoclip bench: " << reference_engine.status().message() << "\n";
       return 1;
     }
-    const auto& reference_impl = (*reference)->impl();
-    auto reference_model = reference_impl.model;
+    const auto reference = anomaly::Detector::FromEngine(*reference_engine);
+    const anomaly::Engine& reference_loaded = **reference_engine;
+    auto reference_model = reference_loaded.model;
     const model::VisionRequest anoclip_request{true, false};
     std::map<int64_t, std::vector<double>> speedup;
     for (int64_t batch : {1, 8}) {
       auto images = torch::randn({batch, 3, size, size});
-      auto reduced_input = impl.ToModelInput(images), reference_input = reference_impl.ToModelInput(images);
+      auto reduced_input = loaded.ToModelInput(images), reference_input = reference_loaded.ToModelInput(images);
       for (int run = -1; run < options.runs; ++run) {
         const double fp32_s = Seconds([&] { reference_model->EncodeImage(reference_input, anoclip_request); sync(); });
         const double reduced_s = Seconds([&] { model->EncodeImage(reduced_input, anoclip_request); sync(); });
@@ -281,8 +289,8 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     anomaly::DetectOptions with_tta;
     with_tta.tta = true;
     double min_correlation = 1, min_tta_correlation = 1, max_score_diff = 0;
-    auto reduced = (*detector)->Detect(images, texts, {with_tta});
-    auto full = (*reference)->Detect(images, texts, {with_tta});
+    auto reduced = detector->Detect(images, texts, {with_tta});
+    auto full = reference->Detect(images, texts, {with_tta});
     if (!reduced.ok() || !full.ok()) {
       std::cerr << "anoclip bench: " << (reduced.ok() ? full.status() : reduced.status()).message() << "\n";
       return 1;
@@ -337,8 +345,8 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   out["threads"] = at::get_num_threads();
   out["blas"] = BlasLibraryPath();
   out["blas_kernels"] = OpenBlasCoreName();
-  out["device"] = impl.device_name;
-  out["model"] = (*detector)->model_id();
+  out["device"] = loaded.device_name;
+  out["model"] = detector->model_id();
   out["image_size"] = size;
   out["runs"] = options.runs;
 

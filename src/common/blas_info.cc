@@ -81,21 +81,24 @@ void RestartWithBestBlasKernels(char** argv) {
   unsetenv("OPENBLAS_CORETYPE");
 }
 
+BlasReport DescribeBlas() {
+  BlasReport report;
+  report.library = BlasLibraryPath();
+  report.kernels = OpenBlasCoreName();
+  if (const char* forced = getenv("OPENBLAS_CORETYPE")) report.coretype = forced;
+  report.reference = IsReferenceBlas(report.library);
+  return report;
+}
+
 void LogBlasAtStartup(const char* program) {
-  const std::string path = BlasLibraryPath();
-  const std::string core = OpenBlasCoreName();
+  const BlasReport blas = DescribeBlas();
   std::string kernels;
-  if (!core.empty()) {
-    kernels = ", OpenBLAS kernels " + core;
-    if (const char* forced = getenv("OPENBLAS_CORETYPE")) kernels += std::string(" (OPENBLAS_CORETYPE=") + forced + ")";
+  if (!blas.kernels.empty()) {
+    kernels = ", OpenBLAS kernels " + blas.kernels;
+    if (!blas.coretype.empty()) kernels += " (OPENBLAS_CORETYPE=" + blas.coretype + ")";
   }
-  std::fprintf(stderr, "%s: BLAS %s%s\n", program, path.c_str(), kernels.c_str());
-  if (IsReferenceBlas(path)) {
-    std::fprintf(stderr,
-                 "%s: WARNING: this is the reference BLAS, about 15x slower; install "
-                 "libopenblas0-openmp (scripts/install-deps.sh selects it)\n",
-                 program);
-  }
+  std::fprintf(stderr, "%s: BLAS %s%s\n", program, blas.library.c_str(), kernels.c_str());
+  if (blas.reference) std::fprintf(stderr, "%s: WARNING: %s\n", program, kReferenceBlasWarning);
 }
 
 }  // namespace anoclip

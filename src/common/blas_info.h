@@ -37,7 +37,18 @@ using SgemmFunction = void (*)(const char* transa, const char* transb, const int
                                const float* beta, float* c, const int* ldc);
 SgemmFunction BlasSgemm();
 
-// One log line on stderr naming the BLAS and its kernels, with a warning for the reference one.
+// What start-up logs about the BLAS libtorch calls.
+struct BlasReport {
+  std::string library;      // path of the libblas.so.3 in use
+  std::string kernels;      // OpenBLAS's kernel name; empty for other BLAS
+  std::string coretype;     // $OPENBLAS_CORETYPE, when set
+  bool reference = false;   // the reference BLAS, about 15x slower
+};
+BlasReport DescribeBlas();
+inline constexpr char kReferenceBlasWarning[] =
+    "this is the reference BLAS, about 15x slower; install libopenblas0-openmp (scripts/install-deps.sh selects it)";
+
+// DescribeBlas as one line on stderr, with the warning for the reference BLAS.
 void LogBlasAtStartup(const char* program);
 
 }  // namespace anoclip

@@ -60,7 +60,6 @@ TORCH_MODULE(ResidualAttentionBlock);
 struct TransformerImpl : torch::nn::Module {
   TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden, bool quick_gelu);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
-  ResidualAttentionBlock block(size_t i) const { return blocks[i]; }
   torch::nn::ModuleList resblocks;
   std::vector<ResidualAttentionBlock> blocks;
 };

@@ -44,7 +44,7 @@ double ServerRequests(const std::string& metrics, const std::string& method) {
 class ClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    server_ = new ServerProcess();
+    server_ = new ServerProcess({"--log-format", "json"});
     start_error_ = new std::string(server_->Start("client_test"));
     samples_ = new std::string(FreshDir("client_samples"));
     RunClient("make-samples --size 160 --out " + *samples_);
@@ -87,7 +87,7 @@ TEST_F(ClientTest, HealthSaysServing) {
   auto r = RunClient("health" + T());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "SERVING\n");
-  r = RunClient("health" + T() + "--service anoclip.v1.AnomalyDetection");
+  r = RunClient("health" + T() + "--service anoclip.v1.AnomalyDetectionService");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "SERVING\n");
 }
@@ -172,6 +172,9 @@ TEST_F(ClientTest, DetectJsonHasTheKeysAndScoresOfAnoclipDetect) {
   std::vector<std::string> client_keys, engine_keys;
   for (const auto& [key, value] : from_client.items()) client_keys.push_back(key);
   for (const auto& [key, value] : from_engine.items()) engine_keys.push_back(key);
+  ASSERT_GE(client_keys.size(), 2u);
+  EXPECT_EQ(client_keys.back(), "request_id");
+  client_keys.pop_back();
   EXPECT_EQ(client_keys.back(), "image");
   client_keys.pop_back();
   EXPECT_EQ(client_keys, engine_keys);
@@ -184,6 +187,86 @@ TEST_F(ClientTest, DetectJsonHasTheKeysAndScoresOfAnoclipDetect) {
   EXPECT_EQ(from_client["is_anomalous"], from_engine["is_anomalous"]);
   EXPECT_EQ(from_client["regions"].size(), from_engine["regions"].size());
   EXPECT_EQ(from_client["image"], image);
+}
+
+// The server's JSON log lines for one request id.
+std::vector<nlohmann::json> LoggedCalls(const std::string& log, const std::string& request_id) {
+  std::vector<nlohmann::json> calls;
+  for (const auto& line : Lines(log)) {
+    auto json = nlohmann::json::parse(line, nullptr, false);
+    if (json.is_discarded()) continue;
+    if (json.value("msg", "") == "call" && json.value("request_id", "") == request_id) calls.push_back(json);
+  }
+  return calls;
+}
+
+TEST_F(ClientTest, TheRequestIdTheClientSendsIsLoggedAndReturned) {
+  const std::string image = ::anoclip::testing::TinyVitDir() + "/images/case1.png";
+  auto r = RunClient("detect " + image + " --class bottle --json --request-id line7-000123" + T());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["request_id"], "line7-000123") << r.out;
+  // The access line may follow the answer by a moment (bounded wait).
+  std::vector<nlohmann::json> calls;
+  for (int i = 0; i < 100 && calls.empty(); ++i) {
+    calls = LoggedCalls(server_->log(), "line7-000123");
+    if (calls.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(calls.size(), 1u) << server_->log();
+  EXPECT_EQ(calls[0]["method"], "Detect");
+  EXPECT_EQ(calls[0]["code"], "OK");
+  EXPECT_EQ(calls[0]["level"], "info");
+  EXPECT_EQ(calls[0]["item_id"], image);
+  EXPECT_EQ(calls[0]["class"], "bottle");
+  EXPECT_GT(calls[0]["duration_ms"].get<double>(), 0);
+  EXPECT_TRUE(calls[0]["time"].is_string());
+
+  // Without --request-id each call gets a fresh id, which the human output quotes.
+  r = RunClient("detect " + image + " --class bottle" + T());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const size_t at = r.out.find("request_id ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const std::string made = r.out.substr(at + 11, 32);
+  EXPECT_EQ(made.find_first_not_of("0123456789abcdef"), std::string::npos) << made;
+  for (int i = 0; i < 100 && LoggedCalls(server_->log(), made).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(LoggedCalls(server_->log(), made).size(), 1u) << server_->log();
+
+  // A refused call is logged as a warning with its reason.
+  r = RunClient("detect " + image + " --class bottle --threshold 1.5 --request-id bad-threshold-1" + T());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("request_id bad-threshold-1"), std::string::npos) << r.err;
+  for (int i = 0; i < 100 && LoggedCalls(server_->log(), "bad-threshold-1").empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  calls = LoggedCalls(server_->log(), "bad-threshold-1");
+  ASSERT_EQ(calls.size(), 1u) << server_->log();
+  EXPECT_EQ(calls[0]["code"], "INVALID_ARGUMENT");
+  EXPECT_EQ(calls[0]["level"], "warning");
+  EXPECT_TRUE(calls[0]["error"].is_string());
+}
+
+TEST_F(ClientTest, MetricsHaveMethodLabelsAndProcessMetrics) {
+  ASSERT_EQ(RunClient("info" + T()).exit_code, 0);
+  const std::string metrics = server_->metrics();
+  httplib::Client http(metrics.substr(0, metrics.rfind(':')), std::stoi(metrics.substr(metrics.rfind(':') + 1)));
+  auto response = http.Get("/metrics");
+  ASSERT_TRUE(response && response->status == 200);
+  const auto series = ParsePrometheusText(response->body);
+  EXPECT_GE(SumSeries(series, "anoclip_request_duration_seconds_count", {{"method", "GetModelInfo"}}), 1);
+  const double resident = SumSeries(series, "process_resident_memory_bytes", {});
+  EXPECT_GT(resident, 1 << 20);
+  EXPECT_LT(resident, 64.0 * (1 << 30));
+  EXPECT_GT(SumSeries(series, "process_virtual_memory_bytes", {}), resident);
+  EXPECT_GT(SumSeries(series, "process_cpu_seconds_total", {}), 0);
+  const double open_fds = SumSeries(series, "process_open_fds", {});
+  EXPECT_GE(open_fds, 3);
+  EXPECT_LE(open_fds, SumSeries(series, "process_max_fds", {}));
+  // Started within the last day, not in the future.
+  const double start = SumSeries(series, "process_start_time_seconds", {});
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_LE(start, now + 1);
+  EXPECT_GT(start, now - 86400);
 }
 
 TEST_F(ClientTest, DetectReportsBadImagesAndGoesOn) {
@@ -283,14 +366,14 @@ TEST_F(ClientTest, ServerCliAndClientWriteTheSameImages) {
 
   // The service's own rendering of the same request.
   auto channel = grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials());
-  auto stub = anoclip::v1::AnomalyDetection::NewStub(channel);
+  auto stub = anoclip::v1::AnomalyDetectionService::NewStub(channel);
   anoclip::v1::DetectRequest request;
   request.set_image_bytes(ReadWholeFile(image));
   request.mutable_class_spec()->set_name("bottle");
   request.mutable_options()->set_threshold(0.5f);
   request.mutable_options()->set_min_region_area(1);
   std::map<anoclip::v1::HeatmapFormat, std::string> served;
-  for (auto format : {anoclip::v1::HEATMAP_PNG, anoclip::v1::HEATMAP_OVERLAY_PNG}) {
+  for (auto format : {anoclip::v1::HEATMAP_FORMAT_PNG, anoclip::v1::HEATMAP_FORMAT_OVERLAY_PNG}) {
     request.mutable_options()->set_heatmap_format(format);
     grpc::ClientContext context;
     anoclip::v1::DetectResponse response;
@@ -299,10 +382,10 @@ TEST_F(ClientTest, ServerCliAndClientWriteTheSameImages) {
   }
 
   const std::string client_prefix = client_out + "/defect_scratch.png_";
-  EXPECT_EQ(ReadWholeFile(cli_out + "/heatmap.png"), served[anoclip::v1::HEATMAP_PNG]);
-  EXPECT_EQ(ReadWholeFile(client_prefix + "heatmap.png"), served[anoclip::v1::HEATMAP_PNG]);
-  EXPECT_EQ(ReadWholeFile(cli_out + "/overlay.png"), served[anoclip::v1::HEATMAP_OVERLAY_PNG]);
-  EXPECT_EQ(ReadWholeFile(client_prefix + "overlay.png"), served[anoclip::v1::HEATMAP_OVERLAY_PNG]);
+  EXPECT_EQ(ReadWholeFile(cli_out + "/heatmap.png"), served[anoclip::v1::HEATMAP_FORMAT_PNG]);
+  EXPECT_EQ(ReadWholeFile(client_prefix + "heatmap.png"), served[anoclip::v1::HEATMAP_FORMAT_PNG]);
+  EXPECT_EQ(ReadWholeFile(cli_out + "/overlay.png"), served[anoclip::v1::HEATMAP_FORMAT_OVERLAY_PNG]);
+  EXPECT_EQ(ReadWholeFile(client_prefix + "overlay.png"), served[anoclip::v1::HEATMAP_FORMAT_OVERLAY_PNG]);
   const std::string mask = ReadWholeFile(cli_out + "/mask.png");
   EXPECT_FALSE(mask.empty());
   EXPECT_EQ(ReadWholeFile(client_prefix + "mask.png"), mask);

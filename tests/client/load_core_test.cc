@@ -537,7 +537,7 @@ TEST(RequestTemplateTest, FlagsBecomeOptions) {
   EXPECT_EQ(request->options().views(), 22);
   EXPECT_FLOAT_EQ(request->options().threshold(), 0.4f);
   EXPECT_EQ(request->options().min_region_area(), 9);
-  EXPECT_EQ(request->options().heatmap_format(), anoclip::v1::HEATMAP_PNG);
+  EXPECT_EQ(request->options().heatmap_format(), anoclip::v1::HEATMAP_FORMAT_PNG);
   EXPECT_EQ(request->options().heatmap_size(), anoclip::v1::HEATMAP_SIZE_ORIGINAL);
 }
 
@@ -576,7 +576,7 @@ anoclip::v1::DetectResponse ResponseFor(const inspection::Inspection& inspection
   if (inspection.calibrated_image_score) r.set_calibrated_image_score(*inspection.calibrated_image_score);
   if (inspection.is_anomalous) r.set_is_anomalous(*inspection.is_anomalous);
   inspection::RegionsToProto(inspection.regions, r.mutable_regions());
-  r.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_PNG);
+  r.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_FORMAT_PNG);
   r.mutable_heatmap()->set_width(inspection.heatmap.cols);
   r.mutable_heatmap()->set_height(inspection.heatmap.rows);
   r.mutable_heatmap()->set_data(*inspection::EncodePng(inspection.heatmap));
@@ -634,7 +634,7 @@ TEST(WriteResponseImagesTest, WritesWhatTheInspectionStepWritesForTheSameDetecti
   broken.mutable_heatmap()->set_data("short");
   EXPECT_EQ(WriteResponseImages(broken, bytes, dir, "bad").code(), absl::StatusCode::kInvalidArgument);
   broken = r;
-  broken.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_FLOAT32);
+  broken.mutable_heatmap()->set_format(anoclip::v1::HEATMAP_FORMAT_FLOAT32);
   EXPECT_EQ(WriteResponseImages(broken, bytes, dir, "bad").code(), absl::StatusCode::kInvalidArgument);
   broken = r;
   broken.mutable_heatmap()->set_width(61);

@@ -14,7 +14,7 @@ namespace anoclip::client {
 namespace {
 
 // Answers the first `refusals` calls with `refusal`, then OK.
-class RefusingService final : public anoclip::v1::AnomalyDetection::Service {
+class RefusingService final : public anoclip::v1::AnomalyDetectionService::Service {
  public:
   RefusingService(int refusals, grpc::StatusCode refusal) : refusals_(refusals), refusal_(refusal) {}
   grpc::Status Detect(grpc::ServerContext*, const anoclip::v1::DetectRequest*,
@@ -50,7 +50,7 @@ Outcome DetectOnce(int refusals, grpc::StatusCode refusal, int max_attempts) {
   options.max_attempts = max_attempts;
   auto channel = MakeChannel(options);
   EXPECT_TRUE(channel.ok());
-  auto stub = anoclip::v1::AnomalyDetection::NewStub(*channel);
+  auto stub = anoclip::v1::AnomalyDetectionService::NewStub(*channel);
   grpc::ClientContext context;
   PrepareContext(context, options);
   anoclip::v1::DetectRequest request;
@@ -90,7 +90,7 @@ TEST(RetryPolicyTest, ServiceConfigNamesRoundRobinAndTheRetryPolicy) {
   EXPECT_FALSE(config.contains("methodConfig"));
   config = nlohmann::json::parse(ServiceConfigJson(4));
   const auto& policy = config["methodConfig"][0]["retryPolicy"];
-  EXPECT_EQ(config["methodConfig"][0]["name"][0]["service"], "anoclip.v1.AnomalyDetection");
+  EXPECT_EQ(config["methodConfig"][0]["name"][0]["service"], "anoclip.v1.AnomalyDetectionService");
   EXPECT_EQ(policy["maxAttempts"], 4);
   EXPECT_EQ(policy["retryableStatusCodes"], nlohmann::json::array({"UNAVAILABLE"}));
 }

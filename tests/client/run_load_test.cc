@@ -21,7 +21,7 @@ using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
 using Clock = std::chrono::steady_clock;
 
-class FakeService final : public anoclip::v1::AnomalyDetection::Service {
+class FakeService final : public anoclip::v1::AnomalyDetectionService::Service {
  public:
   std::atomic<int> delay_ms{0};
   std::atomic<int> fail_every{0};  // every n-th request (1-based) is RESOURCE_EXHAUSTED
@@ -43,14 +43,15 @@ class FakeService final : public anoclip::v1::AnomalyDetection::Service {
   }
 
   grpc::Status Inspect(grpc::ServerContext* context,
-                       grpc::ServerReaderWriter<DetectResponse, DetectRequest>* stream) override {
+                       grpc::ServerReaderWriter<anoclip::v1::InspectResponse, anoclip::v1::InspectRequest>* stream) override {
     if (!Authorized(*context)) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "no token");
     {
       absl::MutexLock lock(&mutex_);
       ++streams_;
     }
-    DetectRequest request;
-    while (stream->Read(&request)) {
+    anoclip::v1::InspectRequest inspect;
+    while (stream->Read(&inspect)) {
+      const DetectRequest& request = inspect.detect();
       if (const int hold = hold_answers_until_streams.load(); hold > 0) {
         absl::MutexLock lock(&mutex_);
         auto opened = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return streams_ >= hold; };
@@ -59,11 +60,13 @@ class FakeService final : public anoclip::v1::AnomalyDetection::Service {
       const int n = Begin(request, context->peer(), "Inspect");
       Work();
       End();
-      DetectResponse response;
+      anoclip::v1::InspectResponse response;
       response.set_request_id(request.request_id());
       if (fail_every > 0 && n % fail_every == 0) {
-        response.set_error_code(grpc::StatusCode::RESOURCE_EXHAUSTED);
-        response.set_error_message("queue full");
+        response.mutable_error()->set_code(grpc::StatusCode::RESOURCE_EXHAUSTED);
+        response.mutable_error()->set_message("queue full");
+      } else {
+        response.mutable_detection()->set_request_id(request.request_id());
       }
       stream->Write(response);
     }

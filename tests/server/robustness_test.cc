@@ -82,13 +82,13 @@ TEST_F(RobustnessTest, AStreamThatIsNeverReadStopsBeingRead) {
   ASSERT_TRUE(cv::imencode(".png", rgb, png));
   auto request = Request(0, "bottle");
   request.set_image_bytes(std::string(png.begin(), png.end()));
-  request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FLOAT32);
+  request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FORMAT_FLOAT32);
   grpc::ClientContext context;
   auto stream = stub_->Inspect(&context);
   constexpr int kSent = 40;
   std::thread writer([&] {
     for (int i = 0; i < kSent; ++i) {
-      if (!stream->Write(request)) break;  // blocks once the server stops reading
+      if (!stream->Write(Inspect(request))) break;  // blocks once the server stops reading
     }
   });
   const std::string answered = "anoclip_requests_total{code=\"OK\",method=\"Inspect\"}";
@@ -118,8 +118,8 @@ TEST_F(RobustnessTest, ACallDuringADrainIsUnavailable) {
   // An open stream keeps the drain waiting for it.
   grpc::ClientContext stream_context;
   auto stream = stub_->Inspect(&stream_context);
-  ASSERT_TRUE(stream->Write(Request(0, "bottle", "held")));
-  DetectResponse held;
+  ASSERT_TRUE(stream->Write(Inspect(Request(0, "bottle", "held"))));
+  anoclip::v1::InspectResponse held;
   ASSERT_TRUE(stream->Read(&held));
   std::thread drain([&] { server_->Drain(absl::Seconds(10)); });
   // Calls are refused once the drain has begun (bounded wait for it to begin).

@@ -59,7 +59,7 @@ grpc::Status Info(const std::shared_ptr<grpc::ChannelCredentials>& credentials, 
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("localhost");
   auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), credentials, args);
-  auto stub = anoclip::v1::AnomalyDetection::NewStub(channel);
+  auto stub = anoclip::v1::AnomalyDetectionService::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   if (!token.empty()) context.AddMetadata("authorization", scheme + token);

@@ -39,6 +39,14 @@ TEST(ServerConfigTest, IntegersOutOfRangeAreRefusedNotTruncated) {
   EXPECT_EQ(config->max_image_pixels, int64_t{4294967296});
 }
 
+TEST(ServerConfigTest, LogFormatIsTextOrJson) {
+  EXPECT_EQ(Parse({})->log_format, "text");
+  EXPECT_EQ(Parse({"--log-format", "json"})->log_format, "json");
+  auto config = Parse({"--log-format", "xml"});
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(config.status().message().find("--log-format"), std::string::npos) << config.status();
+}
+
 TEST(ServerConfigTest, ConfigFileUsesTheSameTableAndFlagsWin) {
   const std::string path = ::testing::TempDir() + "/server_config.json";
   std::ofstream(path) << R"({"max_batch": 4, "warm": ["bottle", "carpet:texture"], "allowed_classes": "bottle,carpet",

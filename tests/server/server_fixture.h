@@ -15,12 +15,12 @@
 
 namespace anoclip::server {
 
-using anoclip::v1::AnomalyDetection;
+using anoclip::v1::AnomalyDetectionService;
 using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
 
 
-using anoclip::v1::AnomalyDetection;
+using anoclip::v1::AnomalyDetectionService;
 using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
 
@@ -53,6 +53,13 @@ inline DetectRequest Request(int k, const std::string& class_name, const std::st
   return request;
 }
 
+// The same request as one message of an Inspect stream.
+inline anoclip::v1::InspectRequest Inspect(const DetectRequest& request) {
+  anoclip::v1::InspectRequest inspect;
+  *inspect.mutable_detect() = request;
+  return inspect;
+}
+
 class ServerTest : public ::testing::Test {
  protected:
   void StartServer(const ServerConfig& config) {
@@ -61,7 +68,7 @@ class ServerTest : public ::testing::Test {
     server_ = std::move(server).value();
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->grpc_port()),
                                    grpc::InsecureChannelCredentials());
-    stub_ = AnomalyDetection::NewStub(channel_);
+    stub_ = AnomalyDetectionService::NewStub(channel_);
   }
 
   grpc::Status Detect(const DetectRequest& request, DetectResponse* response, int deadline_ms = 20000) {
@@ -78,7 +85,7 @@ class ServerTest : public ::testing::Test {
 
   std::unique_ptr<AnoclipServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<AnomalyDetection::Stub> stub_;
+  std::unique_ptr<AnomalyDetectionService::Stub> stub_;
 };
 
 }  // namespace anoclip::server

@@ -20,7 +20,7 @@ namespace {
 TEST_F(ServerTest, UnaryDetectAnswersScoresHeatmapAndRegions) {
   StartServer(TinyConfig());
   auto request = Request(2, "metal nut", "r1");
-  request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_PNG);
+  request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FORMAT_PNG);
   request.mutable_options()->set_threshold(0.5f);
   DetectResponse response;
   auto status = Detect(request, &response);
@@ -41,7 +41,7 @@ TEST_F(ServerTest, UnaryDetectAnswersScoresHeatmapAndRegions) {
   EXPECT_NEAR(response.image_score(), 0.4791589677, 1e-5);
 
   // float32 heatmap at model resolution.
-  request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FLOAT32);
+  request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FORMAT_FLOAT32);
   request.mutable_options()->set_heatmap_size(anoclip::v1::HEATMAP_SIZE_MODEL);
   ASSERT_TRUE(Detect(request, &response).ok());
   EXPECT_EQ(response.heatmap().data().size(), 80u * 80u * 4u);
@@ -75,13 +75,14 @@ TEST_F(ServerTest, InspectStreamAnswersAHundredRequestsInFlight) {
   auto stream = stub_->Inspect(&context);
   const std::vector<std::string> classes = {"bottle", "carpet", "metal nut"};
   for (int i = 0; i < 100; ++i) {
-    ASSERT_TRUE(stream->Write(Request(i % 3, classes[i % 3], "id-" + std::to_string(i))));
+    ASSERT_TRUE(stream->Write(Inspect(Request(i % 3, classes[i % 3], "id-" + std::to_string(i)))));
   }
   stream->WritesDone();
   std::set<std::string> ids;
-  DetectResponse response;
+  anoclip::v1::InspectResponse response;
   while (stream->Read(&response)) {
-    EXPECT_EQ(response.error_code(), 0) << response.error_message();
+    EXPECT_FALSE(response.has_error()) << response.error().message();
+    EXPECT_TRUE(response.has_detection());
     ids.insert(response.request_id());
   }
   EXPECT_TRUE(stream->Finish().ok());

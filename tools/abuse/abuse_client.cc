@@ -35,7 +35,7 @@
 namespace {
 
 using namespace std::string_literals;
-using anoclip::v1::AnomalyDetection;
+using anoclip::v1::AnomalyDetectionService;
 using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
 
@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
   const std::string class_name = args->String("class", "bottle");
 
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  auto stub = AnomalyDetection::NewStub(channel);
+  auto stub = AnomalyDetectionService::NewStub(channel);
   const auto samples = anoclip::client::GenerateSamples(240);
   const std::string good_png = Png(samples.front().rgb);
   const auto hostile = HostileRequests(good_png, class_name);
@@ -256,10 +256,10 @@ int main(int argc, char** argv) {
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds + 5));
       auto stream = stub->Inspect(&context);
-      DetectRequest request;
-      request.set_image_bytes(good_png);
-      request.mutable_class_spec()->set_name(class_name);
-      request.mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FLOAT32);
+      anoclip::v1::InspectRequest request;
+      request.mutable_detect()->set_image_bytes(good_png);
+      request.mutable_detect()->mutable_class_spec()->set_name(class_name);
+      request.mutable_detect()->mutable_options()->set_heatmap_format(anoclip::v1::HEATMAP_FORMAT_FLOAT32);
       while (std::chrono::steady_clock::now() < end) {
         std::atomic<bool> written{false};
         std::thread timer([&] {

@@ -1,5 +1,7 @@
-// The Detector's internals, for the engine itself and for benchmarks that time the raw towers.
-// Pulls in torch/nn: include only from .cc files that need the model.
+// A loaded OpenCLIP model, ready to run: its config, tokenizer and towers on their device and
+// dtypes, identified by a hash of config and weights. The Detector runs AnoCLIP on an Engine;
+// benchmarks (anoclip bench) time its towers directly on the same Engine. Pulls in torch/nn:
+// include only from .cc files that need the model.
 #pragma once
 
 #include <torch/torch.h>
@@ -13,7 +15,7 @@
 
 namespace anoclip::anomaly {
 
-struct Detector::Impl {
+struct Engine {
   DetectorOptions options;
   model::OpenClipConfig config;
   std::unique_ptr<model::BpeTokenizer> tokenizer;
@@ -24,9 +26,14 @@ struct Detector::Impl {
   std::string model_id;
   std::string device_name;
 
+  // Preprocessed images as the vision tower takes them.
   at::Tensor ToModelInput(const at::Tensor& images) const {
     return images.to(device, vision_dtype).contiguous();
   }
 };
+
+// Reads the model directory, loads the weights (a safetensors file is mapped, not copied),
+// moves the towers to the device and dtypes of `options` and sets libtorch's thread count.
+absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& options);
 
 }  // namespace anoclip::anomaly
