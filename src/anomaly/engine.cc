@@ -116,7 +116,7 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
 
   ANOCLIP_ASSIGN_OR_RETURN(auto weights, io::LoadModelWeights(options.model_dir));
   try {
-    engine->model = model::ClipModel(engine->config);
+    engine->model = model::ClipModel(engine->config, model::ParameterInit::kUninitialized);
     ANOCLIP_RETURN_IF_ERROR(model::LoadClipWeights(engine->model, weights));
     engine->model_id = ComputeModelId(engine->config, weights);
     weights.clear();  // release the mapping

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <set>
 
@@ -11,8 +12,17 @@
 
 namespace anoclip::model {
 
+namespace {
+
+// A parameter of `shape`: `random()` under kRandom, else uninitialised.
+at::Tensor InitialValue(ParameterInit init, at::IntArrayRef shape, const std::function<at::Tensor()>& random) {
+  return init == ParameterInit::kRandom ? random() : torch::empty(shape);
+}
+
+}  // namespace
+
 LocalAwareEncoderImpl::LocalAwareEncoderImpl(const VisionConfig& cfg, int64_t embed_dim,
-                                             bool quick_gelu)
+                                             bool quick_gelu, ParameterInit init)
     : config(cfg) {
   const int64_t width = cfg.width;
   const int64_t grid = cfg.grid();
@@ -20,16 +30,20 @@ LocalAwareEncoderImpl::LocalAwareEncoderImpl(const VisionConfig& cfg, int64_t em
       "conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, width, cfg.patch_size)
                                      .stride(cfg.patch_size)
                                      .bias(false)));
-  class_embedding = register_parameter("class_embedding", torch::randn({width}) * 0.02);
-  positional_embedding =
-      register_parameter("positional_embedding", torch::randn({grid * grid + 1, width}) * 0.02);
+  class_embedding = register_parameter(
+      "class_embedding", InitialValue(init, {width}, [&] { return torch::randn({width}) * 0.02; }));
+  positional_embedding = register_parameter(
+      "positional_embedding",
+      InitialValue(init, {grid * grid + 1, width}, [&] { return torch::randn({grid * grid + 1, width}) * 0.02; }));
   auto ln_options = torch::nn::LayerNormOptions({width}).eps(1e-5);
   ln_pre = register_module("ln_pre", torch::nn::LayerNorm(ln_options));
   transformer = register_module(
       "transformer", Transformer(width, cfg.layers, cfg.heads(),
-                                 static_cast<int64_t>(width * cfg.mlp_ratio), quick_gelu));
+                                 static_cast<int64_t>(width * cfg.mlp_ratio), quick_gelu, init));
   ln_post = register_module("ln_post", torch::nn::LayerNorm(ln_options));
-  proj = register_parameter("proj", torch::randn({width, embed_dim}) * (1.0 / std::sqrt(width)));
+  proj = register_parameter("proj", InitialValue(init, {width, embed_dim}, [&] {
+                              return torch::randn({width, embed_dim}) * (1.0 / std::sqrt(width));
+                            }));
 }
 
 VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const VisionRequest& request) {
@@ -78,20 +92,31 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
   return out;
 }
 
-ClipModelImpl::ClipModelImpl(const OpenClipConfig& cfg) : config(cfg) {
+ClipModelImpl::ClipModelImpl(const OpenClipConfig& cfg, ParameterInit init) : config(cfg) {
   const auto& text = cfg.text;
-  visual = register_module("visual", LocalAwareEncoder(cfg.vision, cfg.embed_dim, cfg.quick_gelu));
-  token_embedding =
-      register_module("token_embedding", torch::nn::Embedding(text.vocab_size, text.width));
-  positional_embedding =
-      register_parameter("positional_embedding", torch::randn({text.context_length, text.width}) * 0.01);
+  visual = register_module("visual", LocalAwareEncoder(cfg.vision, cfg.embed_dim, cfg.quick_gelu, init));
+  if (init == ParameterInit::kRandom) {
+    token_embedding = register_module("token_embedding", torch::nn::Embedding(text.vocab_size, text.width));
+  } else {
+    // As MakeLinear: a one-row table, then the real shape uninitialised.
+    torch::nn::Embedding embedding(1, text.width);
+    embedding->options = torch::nn::EmbeddingOptions(text.vocab_size, text.width);
+    torch::NoGradGuard no_grad;
+    embedding->weight.set_data(torch::empty({text.vocab_size, text.width}));
+    token_embedding = register_module("token_embedding", embedding);
+  }
+  positional_embedding = register_parameter(
+      "positional_embedding", InitialValue(init, {text.context_length, text.width}, [&] {
+        return torch::randn({text.context_length, text.width}) * 0.01;
+      }));
   transformer = register_module(
       "transformer", Transformer(text.width, text.layers, text.heads,
-                                 static_cast<int64_t>(text.width * text.mlp_ratio), cfg.quick_gelu));
+                                 static_cast<int64_t>(text.width * text.mlp_ratio), cfg.quick_gelu, init));
   ln_final = register_module("ln_final",
                              torch::nn::LayerNorm(torch::nn::LayerNormOptions({text.width}).eps(1e-5)));
-  text_projection = register_parameter("text_projection",
-                                       torch::randn({text.width, cfg.embed_dim}) * (1.0 / std::sqrt(text.width)));
+  text_projection = register_parameter("text_projection", InitialValue(init, {text.width, cfg.embed_dim}, [&] {
+                                         return torch::randn({text.width, cfg.embed_dim}) * (1.0 / std::sqrt(text.width));
+                                       }));
   logit_scale = register_parameter("logit_scale", torch::full({}, std::log(1.0 / 0.07)));
 }
 

@@ -37,7 +37,8 @@ struct VisionOutput {
 // local-aware patches asked for, the last block runs its attention and MLP for the image token
 // alone.
 struct LocalAwareEncoderImpl : torch::nn::Module {
-  LocalAwareEncoderImpl(const VisionConfig& config, int64_t embed_dim, bool quick_gelu);
+  LocalAwareEncoderImpl(const VisionConfig& config, int64_t embed_dim, bool quick_gelu,
+                        ParameterInit init = ParameterInit::kRandom);
   VisionOutput forward(const at::Tensor& images, const VisionRequest& request);
 
   VisionConfig config;
@@ -62,7 +63,8 @@ inline constexpr int64_t kTextBucketMinTokens = 1024;
 inline constexpr int64_t kTextBucketMaxTokens = 8192;
 
 struct ClipModelImpl : torch::nn::Module {
-  explicit ClipModelImpl(const OpenClipConfig& config);
+  // kUninitialized for a model whose weights are loaded next (LoadClipWeights).
+  explicit ClipModelImpl(const OpenClipConfig& config, ParameterInit init = ParameterInit::kRandom);
 
   // token_ids: [N,context] int64 (zero-padded, end token = largest id). Prompts run in buckets
   // of similar length (TextBuckets), each only up to its own longest prompt's end token, which

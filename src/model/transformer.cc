@@ -26,12 +26,24 @@ struct HeadView {
 
 }  // namespace
 
-AttentionImpl::AttentionImpl(int64_t width, int64_t heads)
+torch::nn::Linear MakeLinear(int64_t in, int64_t out, ParameterInit init) {
+  if (init == ParameterInit::kRandom) return torch::nn::Linear(in, out);
+  // A 1x1 layer draws two numbers; its parameters then take the real shapes, uninitialised.
+  torch::nn::Linear linear(1, 1);
+  linear->options = torch::nn::LinearOptions(in, out);
+  torch::NoGradGuard no_grad;
+  linear->weight.set_data(torch::empty({out, in}));
+  linear->bias.set_data(torch::empty({out}));
+  return linear;
+}
+
+AttentionImpl::AttentionImpl(int64_t width, int64_t heads, ParameterInit init)
     : width(width), heads(heads), head_dim(width / heads) {
+  const bool random = init == ParameterInit::kRandom;
   in_proj_weight = register_parameter("in_proj_weight", torch::empty({3 * width, width}));
-  in_proj_bias = register_parameter("in_proj_bias", torch::zeros({3 * width}));
-  out_proj = register_module("out_proj", torch::nn::Linear(width, width));
-  torch::nn::init::xavier_uniform_(in_proj_weight);
+  in_proj_bias = register_parameter("in_proj_bias", random ? torch::zeros({3 * width}) : torch::empty({3 * width}));
+  out_proj = register_module("out_proj", MakeLinear(width, width, init));
+  if (random) torch::nn::init::xavier_uniform_(in_proj_weight);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::Tensor& y) const {
@@ -121,9 +133,9 @@ at::Tensor AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::T
   return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
 }
 
-MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu) : quick_gelu(quick_gelu) {
-  c_fc = register_module("c_fc", torch::nn::Linear(width, hidden));
-  c_proj = register_module("c_proj", torch::nn::Linear(hidden, width));
+MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu, ParameterInit init) : quick_gelu(quick_gelu) {
+  c_fc = register_module("c_fc", MakeLinear(width, hidden, init));
+  c_proj = register_module("c_proj", MakeLinear(hidden, width, init));
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
@@ -132,13 +144,13 @@ at::Tensor MlpImpl::forward(const at::Tensor& x) {
   return c_proj->forward(h);
 }
 
-ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads,
-                                                       int64_t mlp_hidden, bool quick_gelu) {
+ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden,
+                                                       bool quick_gelu, ParameterInit init) {
   auto ln_options = torch::nn::LayerNormOptions({width}).eps(1e-5);
   ln_1 = register_module("ln_1", torch::nn::LayerNorm(ln_options));
-  attn = register_module("attn", Attention(width, heads));
+  attn = register_module("attn", Attention(width, heads, init));
   ln_2 = register_module("ln_2", torch::nn::LayerNorm(ln_options));
-  mlp = register_module("mlp", Mlp(width, mlp_hidden, quick_gelu));
+  mlp = register_module("mlp", Mlp(width, mlp_hidden, quick_gelu, init));
 }
 
 at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
@@ -148,10 +160,10 @@ at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Te
 }
 
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden,
-                                 bool quick_gelu) {
+                                 bool quick_gelu, ParameterInit init) {
   resblocks = register_module("resblocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < layers; ++i) {
-    blocks.push_back(ResidualAttentionBlock(width, heads, mlp_hidden, quick_gelu));
+    blocks.push_back(ResidualAttentionBlock(width, heads, mlp_hidden, quick_gelu, init));
     resblocks->push_back(blocks.back());
   }
 }

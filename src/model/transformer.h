@@ -13,8 +13,18 @@
 
 namespace anoclip::model {
 
+// How a freshly built model's parameters are filled: OpenCLIP's random initialisation (seeded
+// test models), or left uninitialised for weights that will replace them (loading), which
+// neither spends the start-up on random numbers nor makes the process hold a second,
+// throw-away copy of the model while the file's pages come in.
+enum class ParameterInit { kRandom, kUninitialized };
+
+// torch::nn::Linear(in, out) whose weight and bias are uninitialised under kUninitialized
+// (torch::nn::Linear always draws its initial weights).
+torch::nn::Linear MakeLinear(int64_t in, int64_t out, ParameterInit init);
+
 struct AttentionImpl : torch::nn::Module {
-  AttentionImpl(int64_t width, int64_t heads);
+  AttentionImpl(int64_t width, int64_t heads, ParameterInit init = ParameterInit::kRandom);
 
   // Splits Y·W_inᵀ + b_in into per-head [B,h,L,d] queries, keys and values.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> Project(const at::Tensor& y) const;
@@ -40,7 +50,7 @@ struct AttentionImpl : torch::nn::Module {
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
-  MlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
+  MlpImpl(int64_t width, int64_t hidden, bool quick_gelu, ParameterInit init = ParameterInit::kRandom);
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
   bool quick_gelu;
@@ -48,7 +58,8 @@ struct MlpImpl : torch::nn::Module {
 TORCH_MODULE(Mlp);
 
 struct ResidualAttentionBlockImpl : torch::nn::Module {
-  ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden, bool quick_gelu);
+  ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden, bool quick_gelu,
+                             ParameterInit init = ParameterInit::kRandom);
   // Standard block: x + attn(ln_1 x), then + mlp(ln_2 ·).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
@@ -58,7 +69,8 @@ struct ResidualAttentionBlockImpl : torch::nn::Module {
 TORCH_MODULE(ResidualAttentionBlock);
 
 struct TransformerImpl : torch::nn::Module {
-  TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden, bool quick_gelu);
+  TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden, bool quick_gelu,
+                  ParameterInit init = ParameterInit::kRandom);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
   torch::nn::ModuleList resblocks;
   std::vector<ResidualAttentionBlock> blocks;
