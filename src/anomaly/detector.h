@@ -31,6 +31,10 @@ struct DetectorOptions {
   // CPU only: "fp32", or "bf16" for the vision tower and the TTA adapter's products (oneDNN's
   // bfloat16 kernels; fast where the CPU has AVX512-BF16 or AMX). The text tower stays float32.
   std::string precision = "fp32";
+  // Where the model id (a hash of every weight) is remembered per weight file, keyed by the file's
+  // identity (inode, size, modification and change times), so that a restart need not read all
+  // the weights to know it; empty: hash at every load.
+  std::string model_id_cache_dir;
 };
 
 // The text side for one class: rows t+ and t- and the 2N prompt rows (docs/algorithm.md §3).

@@ -1,8 +1,16 @@
 #include "anomaly/engine.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
@@ -83,6 +91,75 @@ std::string ComputeModelId(const model::OpenClipConfig& config, const io::StateD
   return hash.HexDigest(8);
 }
 
+// What tells a file's bytes apart without reading them: writing moves the modification and
+// change times (the change time cannot be set back), and a replaced file is another inode.
+struct FileIdentity {
+  uint64_t device = 0, inode = 0, size = 0;
+  int64_t mtime_ns = 0, ctime_ns = 0;
+  bool operator==(const FileIdentity& o) const {
+    return device == o.device && inode == o.inode && size == o.size && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;
+  }
+};
+
+std::optional<FileIdentity> Identify(const std::string& path) {
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0) return std::nullopt;
+  auto ns = [](const timespec& t) { return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec; };
+  return FileIdentity{static_cast<uint64_t>(info.st_dev), static_cast<uint64_t>(info.st_ino),
+                      static_cast<uint64_t>(info.st_size), ns(info.st_mtim), ns(info.st_ctim)};
+}
+
+nlohmann::json IdentityJson(const FileIdentity& id) {
+  return {{"device", id.device}, {"inode", id.inode}, {"size", id.size}, {"mtime_ns", id.mtime_ns},
+          {"ctime_ns", id.ctime_ns}};
+}
+
+// The model id remembered for a weight file and config (ComputeModelId reads every byte of the
+// weights, most of a start-up's work): one small JSON file per weights path and config.
+std::string ModelIdMemoPath(const std::string& dir, const std::string& weights_path, const std::string& config_json) {
+  std::error_code error;
+  const auto absolute = std::filesystem::absolute(weights_path, error);
+  return absl::StrCat(dir, "/model-id-", Sha256Hex(absl::StrCat(error ? weights_path : absolute.string(), "\n", config_json), 16),
+                      ".json");
+}
+
+constexpr char kModelIdMemoFormat[] = "anoclip-model-id/1";
+
+// The remembered id when the memo names this very file; nothing otherwise.
+std::optional<std::string> ReadModelIdMemo(const std::string& path, const FileIdentity& identity) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  const auto memo = nlohmann::json::parse(in, nullptr, false);
+  auto field = [&memo](const char* name) {
+    return memo.is_object() && memo.contains(name) ? memo[name] : nlohmann::json();
+  };
+  const auto format = field("format"), id = field("model_id");
+  if (format != kModelIdMemoFormat || field("weights") != IdentityJson(identity) || !id.is_string()) {
+    return std::nullopt;
+  }
+  const auto text = id.get<std::string>();
+  if (text.size() != 16 || text.find_first_not_of("0123456789abcdef") != std::string::npos) return std::nullopt;
+  return text;
+}
+
+// Written aside and renamed; failing costs only the next start the hash.
+void WriteModelIdMemo(const std::string& path, const FileIdentity& identity, const std::string& id) {
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), error);
+  const std::string temp = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << nlohmann::json{{"format", kModelIdMemoFormat}, {"weights", IdentityJson(identity)}, {"model_id", id}}.dump()
+        << "\n";
+    if (!out) error = std::make_error_code(std::errc::io_error);
+  }
+  if (!error) std::filesystem::rename(temp, path, error);
+  if (error) {
+    std::filesystem::remove(temp, error);
+    std::cerr << "anoclip: warning: cannot remember the model id in " << path << "\n";
+  }
+}
+
 // The vision tower's dtype for a precision name.
 absl::StatusOr<torch::Dtype> ParsePrecision(const std::string& name, const torch::Device& device,
                                             torch::Dtype model_dtype) {
@@ -114,11 +191,20 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
                                            : std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(threads);
 
-  ANOCLIP_ASSIGN_OR_RETURN(auto weights, io::LoadModelWeights(options.model_dir));
+  ANOCLIP_ASSIGN_OR_RETURN(const std::string weights_path, io::ModelWeightsPath(options.model_dir));
+  const auto identity = Identify(weights_path);
+  ANOCLIP_ASSIGN_OR_RETURN(auto weights, io::ReadModelWeights(weights_path));
+  // A memo holds only for a file that stayed the same while it was read.
+  std::string memo;
+  if (!options.model_id_cache_dir.empty() && identity && identity == Identify(weights_path)) {
+    memo = ModelIdMemoPath(options.model_id_cache_dir, weights_path, model::OpenClipConfigToJson(engine->config));
+  }
   try {
     engine->model = model::ClipModel(engine->config, model::ParameterInit::kUninitialized);
     ANOCLIP_RETURN_IF_ERROR(model::LoadClipWeights(engine->model, weights));
-    engine->model_id = ComputeModelId(engine->config, weights);
+    const auto remembered = memo.empty() ? std::nullopt : ReadModelIdMemo(memo, *identity);
+    engine->model_id = remembered ? *remembered : ComputeModelId(engine->config, weights);
+    if (!memo.empty() && !remembered) WriteModelIdMemo(memo, *identity, engine->model_id);
     weights.clear();  // release the mapping
     engine->model->to(engine->device, engine->dtype);
     if (engine->vision_dtype != engine->dtype) engine->model->visual->to(engine->vision_dtype);

@@ -36,5 +36,8 @@ absl::StatusOr<StateDict> ReadTorchCheckpoint(const std::string& path);
 // The weights of an OpenCLIP model directory: `open_clip_model.safetensors` if present, else
 // `open_clip_pytorch_model.bin`. NotFound names both when neither exists.
 absl::StatusOr<StateDict> LoadModelWeights(const std::string& model_dir);
+// The same in two steps: which file holds the weights, and reading it (by its name's ending).
+absl::StatusOr<std::string> ModelWeightsPath(const std::string& model_dir);
+absl::StatusOr<StateDict> ReadModelWeights(const std::string& path);
 
 }  // namespace anoclip::io
