@@ -48,6 +48,8 @@ int RunCommand(const char* name, const std::vector<std::string>& words, std::set
                const std::function<absl::Status(const Arguments&, const ConnectionOptions&)>& body) {
   auto connection_flags = ConnectionFlags();
   value_flags.insert(connection_flags.begin(), connection_flags.end());
+  const auto connection_bool_flags = ConnectionBoolFlags();
+  bool_flags.insert(connection_bool_flags.begin(), connection_bool_flags.end());
   bool_flags.insert("help");
   auto args = Arguments::Parse(words, value_flags, bool_flags);
   if (args.ok() && !takes_positional && !args->positional().empty()) {
@@ -334,6 +336,7 @@ int RunInspect(const std::vector<std::string>& words) {
                              std::chrono::milliseconds(static_cast<int64_t>(c.deadline_ms) *
                                                        static_cast<int64_t>(1 + paths.size())));
         if (!c.token.empty()) context.AddMetadata("authorization", "Bearer " + c.token);
+        context.set_wait_for_ready(c.wait_for_ready);
         auto stream = stub->Inspect(&context);
         const auto start = Clock::now();
 
