@@ -15,6 +15,14 @@ using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
 using anoclip::SteadyClock;
 
+// A client's retry carries grpc-previous-rpc-attempts (gRFC A6): an earlier attempt of the same
+// call failed, here or on a replica that died or drained with the call in it.
+void CountRetry(const grpc::CallbackServerContext& context, const char* method, ServiceMetrics& metrics) {
+  const auto& metadata = context.client_metadata();
+  const auto attempts = metadata.find("grpc-previous-rpc-attempts");
+  if (attempts != metadata.end() && attempts->second != "0") metrics.ObserveRetry(method);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<AnomalyService>> AnomalyService::Create(const anomaly::Detector* detector,
@@ -44,6 +52,7 @@ AnomalyService::~AnomalyService() {
 template <typename Body>
 grpc::ServerUnaryReactor* AnomalyService::Unary(grpc::CallbackServerContext* context, const char* method, Body body) {
   const auto start = SteadyClock::now();
+  CountRetry(*context, method, *metrics_);
   auto* reactor = context->DefaultReactor();
   auto slot = admission_->AdmitCall(*context);
   absl::Status status = slot.status();
@@ -56,6 +65,7 @@ grpc::ServerUnaryReactor* AnomalyService::Unary(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* AnomalyService::Detect(grpc::CallbackServerContext* context, const DetectRequest* request,
                                                  DetectResponse* response) {
   const auto start = SteadyClock::now();
+  CountRetry(*context, "Detect", *metrics_);
   auto* reactor = context->DefaultReactor();
   auto finish = [this, reactor, start](const absl::Status& status) {
     metrics_->ObserveRequest("Detect", StatusCodeName(status.code()), SecondsSince(start));
@@ -87,6 +97,7 @@ grpc::ServerUnaryReactor* AnomalyService::Detect(grpc::CallbackServerContext* co
 }
 
 grpc::ServerBidiReactor<DetectRequest, DetectResponse>* AnomalyService::Inspect(grpc::CallbackServerContext* context) {
+  CountRetry(*context, "Inspect", *metrics_);
   return StartInspectStream(context, admission_.get(), pipeline_.get(), metrics_, options_.stream);
 }
 
@@ -94,6 +105,7 @@ grpc::ServerUnaryReactor* AnomalyService::PrepareClass(grpc::CallbackServerConte
                                                        const anoclip::v1::PrepareClassRequest* request,
                                                        anoclip::v1::PrepareClassResponse* response) {
   const auto start = SteadyClock::now();
+  CountRetry(*context, "Detect", *metrics_);
   auto* reactor = context->DefaultReactor();
   auto finish = [this, reactor, start](const absl::Status& status) {
     metrics_->ObserveRequest("PrepareClass", StatusCodeName(status.code()), SecondsSince(start));
