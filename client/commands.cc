@@ -48,6 +48,8 @@ int RunCommand(const char* name, const std::vector<std::string>& words, std::set
                const std::function<absl::Status(const Arguments&, const ConnectionOptions&)>& body) {
   auto connection_flags = ConnectionFlags();
   value_flags.insert(connection_flags.begin(), connection_flags.end());
+  const auto connection_bool_flags = ConnectionBoolFlags();
+  bool_flags.insert(connection_bool_flags.begin(), connection_bool_flags.end());
   bool_flags.insert("help");
   auto args = Arguments::Parse(words, value_flags, bool_flags);
   if (args.ok() && !takes_positional && !args->positional().empty()) {

@@ -16,13 +16,16 @@ std::set<std::string> ConnectionFlags() {
   return {"target", "ca-cert", "client-cert", "client-key", "server-name", "token", "token-file", "deadline-ms",
           "connect-timeout-ms", "max-attempts", "request-id"};
 }
+std::set<std::string> ConnectionBoolFlags() { return {"wait-for-ready"}; }
 
 const char kConnectionUsage[] =
     "  connection: [--target HOST:PORT | ipv4:A:P1,A:P2 | dns:///NAME:PORT] (default 127.0.0.1:50051)\n"
     "              [--ca-cert PEM [--client-cert PEM --client-key PEM] [--server-name NAME]]\n"
     "              [--token T | --token-file FILE] [--deadline-ms N] [--connect-timeout-ms N]\n"
     "              [--max-attempts N] (1-5, default 1: retry UNAVAILABLE calls on another replica)\n"
-    "              [--request-id ID] (x-request-id of every call; default a new random id per call)\n";
+    "              [--request-id ID] (x-request-id of every call; default a new random id per call)\n"
+    "              [--wait-for-ready] (while nothing accepts a connection, calls wait for one within\n"
+    "              their deadline instead of failing: with --max-attempts, a restart is ridden out)\n";
 
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args) {
   ConnectionOptions options;
@@ -51,6 +54,7 @@ absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args)
   if (args.Has("request-id") && !IsUsableRequestId(options.request_id)) {
     return absl::InvalidArgumentError("--request-id takes 1 to 128 printable characters without spaces");
   }
+  options.wait_for_ready = args.Flag("wait-for-ready");
   if (options.client_cert.empty() != options.client_key.empty()) {
     return absl::InvalidArgumentError("--client-cert and --client-key go together");
   }
@@ -122,6 +126,7 @@ absl::Status WaitConnected(grpc::Channel& channel, const ConnectionOptions& opti
 std::string PrepareContext(grpc::ClientContext& context, const ConnectionOptions& options) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options.deadline_ms));
   if (!options.token.empty()) context.AddMetadata("authorization", "Bearer " + options.token);
+  context.set_wait_for_ready(options.wait_for_ready);
   const std::string id = options.request_id.empty() ? NewRequestId() : options.request_id;
   context.AddMetadata("x-request-id", id);
   return id;

@@ -1,7 +1,8 @@
 // How the client reaches the service: target (host:port, ipv4:a:p1,a:p2 or dns:///name:port,
 // load balanced round robin over the addresses), TLS / mutual TLS, bearer token, per-call
-// deadline, retries of UNAVAILABLE calls (a replica that went away), and a bounded wait for the
-// first connection so a dead target fails fast.
+// deadline, retries of UNAVAILABLE calls (a replica that went away), optionally a wait for a
+// connection on every call (a server restarting), and a bounded wait for the first connection so
+// a dead target fails fast.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -26,10 +27,14 @@ struct ConnectionOptions {
   int connect_timeout_ms = 5000;
   int max_attempts = 1;     // per call; above 1, UNAVAILABLE answers are retried on another pick
   std::string request_id;   // x-request-id of every call; empty: a new random id per call
+  // Calls (and retries) made while no address accepts a connection wait for one, within their
+  // deadline, instead of failing at once: a run rides out a server restarting on its address.
+  bool wait_for_ready = false;
 };
 
-// The flags every subcommand takes, and their usage lines.
+// The flags every subcommand takes (with a value; without one), and their usage lines.
 std::set<std::string> ConnectionFlags();
+std::set<std::string> ConnectionBoolFlags();
 extern const char kConnectionUsage[];
 absl::StatusOr<ConnectionOptions> ConnectionFromArguments(const Arguments& args);
 

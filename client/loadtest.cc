@@ -50,6 +50,7 @@ class WorkerStream {
       context_.set_deadline(std::chrono::system_clock::now() + absl::ToChronoNanoseconds(phase_) +
                             std::chrono::milliseconds(connection_.deadline_ms));
       if (!connection_.token.empty()) context_.AddMetadata("authorization", "Bearer " + connection_.token);
+      context_.set_wait_for_ready(connection_.wait_for_ready);
       stream_ = stub_.Inspect(&context_);
     }
     anoclip::v1::InspectRequest inspect;

@@ -178,7 +178,9 @@ int RunLoadtest(const std::vector<std::string>& words) {
   value_flags.insert({"concurrency", "rps", "arrivals", "duration", "requests", "warmup", "connections",
                       "concurrency-range", "latency-limit-ms", "images", "classes", "tta-share", "views", "metrics",
                       "json", "csv", "html", "seed"});
-  auto args = Arguments::Parse(words, value_flags, {"stream", "help"});
+  auto bool_flags = ConnectionBoolFlags();
+  bool_flags.insert({"stream", "help"});
+  auto args = Arguments::Parse(words, value_flags, bool_flags);
   if (!args.ok() || args->Flag("help")) {
     if (!args.ok()) std::cerr << "anoclip-client loadtest: " << args.status().message() << "\n";
     std::cerr << kUsage << kConnectionUsage;

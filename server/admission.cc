@@ -78,6 +78,7 @@ absl::StatusOr<Admission::Slot> Admission::AdmitRequest() {
 void Admission::Decrement(int Admission::*counter) {
   absl::MutexLock lock(&mutex_);
   --(this->*counter);
+  if (counter == &Admission::calls_) last_call_end_ = absl::Now();
 }
 
 void Admission::BeginDrain() {
@@ -108,7 +109,9 @@ bool Admission::WaitForQuiet(absl::Duration quiet, absl::Duration timeout) const
       absl::MutexLock lock(&mutex_);
       auto idle = [this]() { return calls_ == 0; };
       if (!mutex_.AwaitWithDeadline(absl::Condition(&idle), deadline)) return false;
-      quiet_from = last_arrival_ + quiet;
+      // From the latest arrival or end of a call: a caller whose call was answered just now may
+      // send its next one right away, however long ago the last call arrived.
+      quiet_from = std::max(last_arrival_, last_call_end_) + quiet;
     }
     const absl::Time now = absl::Now();
     if (now >= quiet_from) return true;

@@ -51,8 +51,8 @@ class Admission {
   bool draining() const;
   int calls() const;
   int requests() const;
-  // Waits until no call is open and none has arrived for `quiet`, or until `timeout` passes;
-  // true when quiet. Callers that were refused during a drain have by then stopped sending, so
+  // Waits until no call is open and none has arrived or ended for `quiet`, or until `timeout`
+  // passes; true when quiet. Callers that were refused during a drain have by then stopped sending, so
   // gRPC's own shutdown (which answers CANCELLED) meets no new call.
   bool WaitForQuiet(absl::Duration quiet, absl::Duration timeout) const;
 
@@ -66,6 +66,7 @@ class Admission {
   int calls_ ABSL_GUARDED_BY(mutex_) = 0;
   int requests_ ABSL_GUARDED_BY(mutex_) = 0;
   absl::Time last_arrival_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
+  absl::Time last_call_end_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
 };
 
 // The token of an "authorization" value: "Bearer <token>" with the scheme in any case and

@@ -16,6 +16,14 @@ using anoclip::v1::DetectRequest;
 using anoclip::v1::DetectResponse;
 using anoclip::SteadyClock;
 
+// A client's retry carries grpc-previous-rpc-attempts (gRFC A6): an earlier attempt of the same
+// call failed, here or on a replica that died or drained with the call in it.
+void CountRetry(const grpc::CallbackServerContext& context, const char* method, ServiceMetrics& metrics) {
+  const auto& metadata = context.client_metadata();
+  const auto attempts = metadata.find("grpc-previous-rpc-attempts");
+  if (attempts != metadata.end() && attempts->second != "0") metrics.ObserveRetry(method);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<AnomalyService>> AnomalyService::Create(const anomaly::Detector* detector,
@@ -54,6 +62,7 @@ template <typename Body>
 grpc::ServerUnaryReactor* AnomalyService::Unary(grpc::CallbackServerContext* context, const char* method, Body body) {
   const auto start = SteadyClock::now();
   const std::string request_id = TakeRequestId(*context);
+  CountRetry(*context, method, *metrics_);
   auto* reactor = context->DefaultReactor();
   auto slot = admission_->AdmitCall(*context);
   absl::Status status = slot.status();
@@ -65,6 +74,7 @@ grpc::ServerUnaryReactor* AnomalyService::Unary(grpc::CallbackServerContext* con
 grpc::ServerUnaryReactor* AnomalyService::Detect(grpc::CallbackServerContext* context, const DetectRequest* request,
                                                  DetectResponse* response) {
   const auto start = SteadyClock::now();
+  CountRetry(*context, "Detect", *metrics_);
   auto* reactor = context->DefaultReactor();
   auto finish = [this, reactor, start, request_id = TakeRequestId(*context), item = request->request_id()](
                     const absl::Status& status, nlohmann::ordered_json fields = {}) {
@@ -102,6 +112,7 @@ grpc::ServerUnaryReactor* AnomalyService::Detect(grpc::CallbackServerContext* co
 
 grpc::ServerBidiReactor<anoclip::v1::InspectRequest, anoclip::v1::InspectResponse>* AnomalyService::Inspect(
     grpc::CallbackServerContext* context) {
+  CountRetry(*context, "Inspect", *metrics_);
   return StartInspectStream(context, admission_.get(), pipeline_.get(), metrics_, options_.stream);
 }
 
@@ -109,6 +120,7 @@ grpc::ServerUnaryReactor* AnomalyService::PrepareClass(grpc::CallbackServerConte
                                                        const anoclip::v1::PrepareClassRequest* request,
                                                        anoclip::v1::PrepareClassResponse* response) {
   const auto start = SteadyClock::now();
+  CountRetry(*context, "PrepareClass", *metrics_);
   auto* reactor = context->DefaultReactor();
   auto finish = [this, reactor, start, request_id = TakeRequestId(*context)](const absl::Status& status) {
     Answer(reactor, "PrepareClass", request_id, start, status);

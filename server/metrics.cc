@@ -25,6 +25,9 @@ ServiceMetrics::ServiceMetrics(const std::string& model_id, const std::string& d
   auto& r = *registry_;
   requests_ = &prometheus::BuildCounter().Name("anoclip_requests_total")
                    .Help("RPCs answered, by method and gRPC status code").Register(r);
+  retried_ = &prometheus::BuildCounter().Name("anoclip_retried_requests_total")
+                  .Help("RPCs received as a client's retry of a failed attempt (grpc-previous-rpc-attempts), by method")
+                  .Register(r);
   request_duration_ = &prometheus::BuildHistogram().Name("anoclip_request_duration_seconds")
                            .Help("Time from receipt to answer, by method").Register(r);
   queue_ = Histogram(r, "anoclip_queue_duration_seconds", "Time waiting in the batch queue", SecondsBuckets());

@@ -29,6 +29,8 @@ class ServiceMetrics {
   ServiceMetrics(const std::string& model_id, const std::string& device, const std::string& version);
 
   void ObserveRequest(const std::string& method, const std::string& code, double seconds);
+  // A call that is a client's retry: an earlier attempt of it failed (grpc-previous-rpc-attempts).
+  void ObserveRetry(const std::string& method) { retried_->Add({{"method", method}}).Increment(); }
   void ObserveQueue(double seconds) { queue_->Observe(seconds); }
   void ObserveEncode(double seconds) { encode_->Observe(seconds); }
   void ObserveTta(double seconds) { tta_->Observe(seconds); }
@@ -48,6 +50,7 @@ class ServiceMetrics {
 
   std::shared_ptr<prometheus::Registry> registry_ = std::make_shared<prometheus::Registry>();
   prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Counter>* retried_;
   prometheus::Family<prometheus::Histogram>* image_score_;
   prometheus::Family<prometheus::Counter>* anomalies_;
   prometheus::Family<prometheus::Histogram>* request_duration_;

@@ -1,10 +1,14 @@
 // Running the built binaries from tests: anoclip-server as a child process on loopback (port 0,
-// --ready-file), and anoclip-client / anoclip / shell commands with their output captured.
+// or a given one, --ready-file), and anoclip-client / anoclip / shell commands with their output
+// captured.
 #pragma once
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -71,6 +75,34 @@ inline CommandResult RunShell(const std::string& command, int timeout_s = 120) {
   return result;
 }
 
+// A loopback TCP port nothing listens on, below the kernel's ephemeral range, for a server that
+// must come back on the same port after it died: a port from the ephemeral range (what port 0
+// gives) may meanwhile become the local end of some other process's outgoing connection, and
+// then cannot be bound again. 0 when none is found.
+inline int FreePortOutsideEphemeralRange() {
+  int low = 32768;
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  range >> low;
+  if (low <= 10000) return 0;
+  const int span = low - 10000;
+  const int first = 10000 + static_cast<int>(getpid()) % span;  // parallel tests start apart
+  for (int i = 0; i < span; ++i) {
+    const int port = 10000 + (first - 10000 + i) % span;
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as gRPC binds: TIME_WAIT is no obstacle
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool free = bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    close(fd);
+    if (free) return port;
+  }
+  return 0;
+}
+
 inline CommandResult RunClient(const std::string& arguments, int timeout_s = 120) {
   return RunShell(ShellQuote(BinDir() + "/anoclip-client") + " " + arguments, timeout_s);
 }
@@ -84,14 +116,20 @@ class ServerProcess {
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
 
-  // Empty string on success, else what went wrong (with the server's log).
-  std::string Start(const std::string& name) {
+  // Empty string on success, else what went wrong (with the server's log). `grpc_port` 0 lets the
+  // server pick its port.
+  std::string Start(const std::string& name, int grpc_port = 0) {
     dir_ = FreshDir("server_" + name);
     const std::string ready = dir_ + "/ready.json";
     log_ = dir_ + "/server.log";
-    std::vector<std::string> args = {BinDir() + "/anoclip-server", "--model", TinyModelDir(), "--vocab", VocabPath(),
-                                     "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--threads", "1",
-                                     "--ready-file", ready, "--drain-timeout-s", "5"};
+    std::vector<std::string> args = {BinDir() + "/anoclip-server",
+                                     "--model", TinyModelDir(),
+                                     "--vocab", VocabPath(),
+                                     "--listen", "127.0.0.1:" + std::to_string(grpc_port),
+                                     "--metrics-listen", "127.0.0.1:0",
+                                     "--threads", "1",
+                                     "--ready-file", ready,
+                                     "--drain-timeout-s", "5"};
     args.insert(args.end(), extra_.begin(), extra_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

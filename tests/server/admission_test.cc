@@ -1,12 +1,14 @@
 // Admission and back-pressure on their own; and the worker pool surviving what its tasks throw.
 #include "server/admission.h"
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <stdexcept>
 #include <thread>
 
+#include "absl/time/clock.h"
 #include "server/worker_pool.h"
 
 namespace anoclip::server {
@@ -47,6 +49,25 @@ TEST(AdmissionTest, DrainingRefusesWithUnavailableAndWaitsForOpenCalls) {
   EXPECT_TRUE(admission->WaitForQuiet(absl::ZeroDuration(), absl::Milliseconds(1)))
       << "requests alone do not hold a drain; calls do";
   EXPECT_EQ(Admission::Create({"", 0}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A call that arrived long ago and ends during the drain: its caller may send the next call as
+// soon as it has the answer, so the quiet spell counts from the call's end, not its arrival.
+// (Counting from the arrival let gRPC shut down as the answer went out, and the caller's next call
+// got CANCELLED, which clients do not retry, instead of UNAVAILABLE.)
+TEST(AdmissionTest, QuietSpellCountsFromTheLastCallsEnd) {
+  auto admission = Admission::Create({"", 8}).value();
+  grpc::ServerContext context;
+  auto call = admission->AdmitCall(context);
+  ASSERT_TRUE(call.ok());
+  admission->BeginDrain();
+  EXPECT_EQ(admission->AdmitCall(context).status().code(), absl::StatusCode::kUnavailable);
+  const absl::Duration quiet = absl::Milliseconds(200);
+  absl::SleepFor(quiet + absl::Milliseconds(100));  // the call runs longer than the quiet spell
+  const absl::Time end = absl::Now();
+  call->Release();
+  EXPECT_TRUE(admission->WaitForQuiet(quiet, absl::Seconds(30)));
+  EXPECT_GE(absl::Now() - end, quiet);
 }
 
 TEST(WorkerPoolTest, ATaskThatThrowsDoesNotStopThePool) {
