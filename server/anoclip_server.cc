@@ -1,5 +1,7 @@
 #include "server/anoclip_server.h"
 
+#include <malloc.h>
+
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -178,7 +180,11 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
             anomaly::Detector::TextBuildControl control;
             control.limits = limits;
             control.check = check;
-            return detector->EncodeText(spec, control);
+            auto features = detector->EncodeText(spec, control);
+            // The build's activations are free now but would stay in glibc's arenas, part of
+            // the resident set until the next build: hand them back.
+            malloc_trim(0);
+            return features;
           },
           [pool = state->text_builds.get()](std::function<void()> build) { pool->Post(std::move(build)); },
           [metrics](double seconds) { metrics->ObserveTextBuild(seconds); }));
@@ -194,6 +200,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
     ANOCLIP_RETURN_IF_ERROR(state->text_bank->Get(spec).status());
   }
 
+  malloc_trim(0);  // what loading and warming left free, before serving
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   state->reflection = std::make_unique<ReflectionV1Service>();

@@ -209,14 +209,23 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     full_s.push_back(Seconds([&] { model->EncodeText(tokens, /*full_context=*/true); sync(); }));
   }
   if (wants("text")) {
-    // The work the bucketed pass does: each prompt runs to its bucket's longest prompt.
+    // The work the bucketed pass does: each prompt runs to its bucket's longest prompt, the
+    // positions that prompts share once.
     const auto ends = tokens.argmax(-1).cpu();
     std::vector<int64_t> lengths;
     for (int64_t i = 0; i < prompt_count; ++i) lengths.push_back(ends[i].item<int64_t>() + 1);
     double class_flops = 0;
+    int64_t positions = 0, nodes = 0;
     for (const auto& bucket : model::TextBuckets(lengths, model::kTextBucketMinTokens, model::kTextBucketMaxTokens)) {
-      class_flops += static_cast<double>(bucket.rows.size()) * model::TextForwardFlops(config, bucket.length);
+      const auto tree = model::BuildTextPrefixTree(ids.data(), config.text.context_length, bucket);
+      const auto rows = static_cast<int64_t>(bucket.rows.size());
+      const auto tree_nodes = static_cast<int64_t>(tree.tokens.size());
+      class_flops += model::TextTreeForwardFlops(config, tree_nodes, rows, bucket.length);
+      positions += rows * bucket.length;
+      nodes += tree_nodes;
     }
+    out["text.bucketed_positions"] = positions;
+    out["text.computed_positions"] = nodes;
     const double full_flops = prompt_count * model::TextForwardFlops(config, config.text.context_length);
     out["text.prompts"] = prompt_count;
     out["text.class_s"] = Median(class_s);

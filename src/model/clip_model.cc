@@ -7,6 +7,7 @@
 #include <numeric>
 #include <set>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -143,23 +144,63 @@ std::vector<TextBucket> TextBuckets(const std::vector<int64_t>& lengths, int64_t
   return buckets;
 }
 
+TextPrefixTree BuildTextPrefixTree(const int64_t* token_ids, int64_t context, const TextBucket& bucket) {
+  TextPrefixTree tree;
+  const int64_t length = tree.length = bucket.length;
+  const int64_t rows = static_cast<int64_t>(bucket.rows.size());
+  tree.paths.resize(rows * length);
+  tree.ends.resize(rows);
+  absl::flat_hash_map<std::pair<int64_t, int64_t>, int64_t> children;  // (parent node or -1, token) -> node
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t* ids = token_ids + bucket.rows[r] * context;
+    // The end token has the largest id; positions after it never reach the output.
+    const int64_t end = std::max_element(ids, ids + length) - ids;
+    int64_t node = -1;
+    for (int64_t p = 0; p <= end; ++p) {
+      auto [it, added] = children.try_emplace({node, ids[p]}, static_cast<int64_t>(tree.tokens.size()));
+      if (added) {
+        tree.tokens.push_back(ids[p]);
+        tree.positions.push_back(p);
+        tree.owners.push_back(r * length + p);
+      }
+      node = it->second;
+      tree.paths[r * length + p] = node;
+    }
+    tree.ends[r] = node;
+    for (int64_t p = end + 1; p < length; ++p) tree.paths[r * length + p] = node;
+  }
+  return tree;
+}
+
 at::Tensor ClipModelImpl::EncodeText(const at::Tensor& token_ids, bool full_context) {
   auto end_positions = token_ids.argmax(-1);  // the end token has the largest id
   if (full_context || token_ids.size(0) == 0) {
     return EncodeTextPositions(token_ids, end_positions, token_ids.size(1));
   }
+  const auto ids_cpu = token_ids.to(torch::kCPU, torch::kLong).contiguous();
   const auto ends_cpu = end_positions.to(torch::kCPU).contiguous();
   std::vector<int64_t> lengths(ends_cpu.data_ptr<int64_t>(), ends_cpu.data_ptr<int64_t>() + ends_cpu.numel());
   for (auto& length : lengths) ++length;
   at::Tensor out;
   for (const auto& bucket : TextBuckets(lengths, kTextBucketMinTokens, kTextBucketMaxTokens)) {
-    auto rows = torch::tensor(bucket.rows, torch::kLong).to(token_ids.device());
-    auto encoded = EncodeTextPositions(token_ids.index_select(0, rows), end_positions.index_select(0, rows),
-                                       bucket.length);
+    auto encoded =
+        EncodeTextTree(BuildTextPrefixTree(ids_cpu.data_ptr<int64_t>(), token_ids.size(1), bucket), token_ids.device());
     if (!out.defined()) out = at::empty({token_ids.size(0), encoded.size(1)}, encoded.options());
-    out.index_copy_(0, rows, encoded);
+    out.index_copy_(0, torch::tensor(bucket.rows, torch::kLong).to(token_ids.device()), encoded);
   }
   return out;
+}
+
+at::Tensor ClipModelImpl::EncodeTextTree(const TextPrefixTree& tree, const torch::Device& device) {
+  auto index = [&device](const std::vector<int64_t>& values) {
+    return torch::tensor(values, torch::kLong).to(device);
+  };
+  const int64_t length = tree.length;
+  auto x = token_embedding->forward(index(tree.tokens)) + positional_embedding.index_select(0, index(tree.positions));
+  auto mask = torch::full({length, length}, -std::numeric_limits<float>::infinity(), x.options()).triu(1);
+  const int64_t rows = static_cast<int64_t>(tree.ends.size());
+  x = transformer->ForwardTree(x, index(tree.paths).view({rows, length}), index(tree.owners), mask);
+  return at::matmul(ln_final->forward(x.index_select(0, index(tree.ends))), text_projection);
 }
 
 at::Tensor ClipModelImpl::EncodeTextPositions(const at::Tensor& token_ids, const at::Tensor& end_positions,

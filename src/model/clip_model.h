@@ -62,13 +62,28 @@ std::vector<TextBucket> TextBuckets(const std::vector<int64_t>& lengths, int64_t
 inline constexpr int64_t kTextBucketMinTokens = 1024;
 inline constexpr int64_t kTextBucketMaxTokens = 8192;
 
+// The prompts of one bucket as a prefix tree: a position whose tokens up to and including it
+// are the same in several prompts has the same value in all of them at every layer (no
+// position attends to a later one), so it is one node, computed once. A class's prompts are
+// templates around a few state words and share most of their positions.
+struct TextPrefixTree {
+  std::vector<int64_t> tokens, positions;  // per node: its token id and position
+  int64_t length = 0;                      // the bucket's length L
+  std::vector<int64_t> paths;   // [rows·L]: each prompt's node at each position (past its end: its end node)
+  std::vector<int64_t> owners;  // per node: row·L + position of the prompt that first reached it
+  std::vector<int64_t> ends;    // per row: the node of its end token
+};
+// `token_ids`: row-major [*, context]; the bucket's rows and length select from it.
+TextPrefixTree BuildTextPrefixTree(const int64_t* token_ids, int64_t context, const TextBucket& bucket);
+
 struct ClipModelImpl : torch::nn::Module {
   // kUninitialized for a model whose weights are loaded next (LoadClipWeights).
   explicit ClipModelImpl(const OpenClipConfig& config, ParameterInit init = ParameterInit::kRandom);
 
   // token_ids: [N,context] int64 (zero-padded, end token = largest id). Prompts run in buckets
   // of similar length (TextBuckets), each only up to its own longest prompt's end token, which
-  // is exact because no position attends to a later one; `full_context` runs all positions.
+  // is exact because no position attends to a later one, and with the positions they share
+  // computed once (TextPrefixTree); `full_context` runs all positions of every prompt.
   // Returns [N,D] unnormalised, in the rows' order.
   at::Tensor EncodeText(const at::Tensor& token_ids, bool full_context = false);
   VisionOutput EncodeImage(const at::Tensor& images, const VisionRequest& request) {
@@ -77,6 +92,8 @@ struct ClipModelImpl : torch::nn::Module {
 
   // The rows of token_ids through the first `length` positions.
   at::Tensor EncodeTextPositions(const at::Tensor& token_ids, const at::Tensor& end_positions, int64_t length);
+  // The prompts of one prefix tree, in its rows' order: [rows,D].
+  at::Tensor EncodeTextTree(const TextPrefixTree& tree, const torch::Device& device);
 
   OpenClipConfig config;
   LocalAwareEncoder visual{nullptr};

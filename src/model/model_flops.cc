@@ -46,6 +46,15 @@ double TextForwardFlops(const OpenClipConfig& config, int64_t positions) {
   return t.layers * block + 2.0 * w * config.embed_dim;
 }
 
+double TextTreeForwardFlops(const OpenClipConfig& config, int64_t nodes, int64_t prompts, int64_t length) {
+  const auto& t = config.text;
+  const double n = static_cast<double>(nodes), r = static_cast<double>(prompts), l = static_cast<double>(length);
+  const double w = t.width;
+  const double hidden = static_cast<double>(static_cast<int64_t>(t.width * t.mlp_ratio));
+  const double block = 2.0 * n * w * 3 * w + r * AttentionFlops(l, l, w) + 2.0 * n * w * w + 4.0 * n * w * hidden;
+  return t.layers * block + r * 2.0 * w * config.embed_dim;
+}
+
 GemmShape LargestVisionGemm(const OpenClipConfig& config, int64_t batch) {
   const auto& v = config.vision;
   const int64_t tokens = static_cast<int64_t>(v.grid()) * v.grid() + 1;

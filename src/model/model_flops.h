@@ -17,6 +17,10 @@ double VisionForwardFlops(const OpenClipConfig& config, bool local_aware_patches
 // computed over the whole square, as the encoder does).
 double TextForwardFlops(const OpenClipConfig& config, int64_t positions);
 
+// A prefix tree of `prompts` prompts run over `length` positions (ClipModel's text pass): the
+// projections and MLPs once per node, the attention per prompt over the whole square.
+double TextTreeForwardFlops(const OpenClipConfig& config, int64_t nodes, int64_t prompts, int64_t length);
+
 // The largest matrix product of a vision forward of `batch` images: the MLP's first layer,
 // [batch·tokens × width] · [width × hidden].
 struct GemmShape {

@@ -81,6 +81,24 @@ at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const
 }
 
 at::Tensor AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
+  return torch::nn::functional::linear(MergedHeads(sets, mask), out_proj->weight, out_proj->bias);
+}
+
+at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& paths, const at::Tensor& owners,
+                                     const at::Tensor& mask) const {
+  const int64_t prompts = paths.size(0), length = paths.size(1);
+  // The projections run once per node; only the small per-head products run per prompt, on its
+  // path's rows gathered from the nodes.
+  auto qkv = torch::nn::functional::linear(y, in_proj_weight, in_proj_bias);  // [N,3C]
+  auto rows = qkv.index_select(0, paths.flatten()).view({prompts, length, 3 * width}).chunk(3, -1);
+  auto merged = MergedHeads({{SplitHeads(rows[0], heads, head_dim), SplitHeads(rows[1], heads, head_dim),
+                              SplitHeads(rows[2], heads, head_dim)}},
+                            mask);  // [R,L,C]
+  merged = merged.view({prompts * length, width}).index_select(0, owners);
+  return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
+}
+
+at::Tensor AttentionImpl::MergedHeads(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const std::vector<Inputs> inputs(sets);
   const int64_t batch = inputs[0].q.size(0), queries = inputs[0].q.size(2), keys = inputs[0].k.size(2);
@@ -130,7 +148,7 @@ at::Tensor AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::T
       }
     });
   }
-  return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
+  return merged;
 }
 
 MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu, ParameterInit init) : quick_gelu(quick_gelu) {
@@ -159,6 +177,12 @@ at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Te
   return h + mlp->forward(ln_2->forward(h));
 }
 
+at::Tensor ResidualAttentionBlockImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths,
+                                                   const at::Tensor& owners, const at::Tensor& mask) {
+  auto h = x + attn->AttendTree(ln_1->forward(x), paths, owners, mask);
+  return h + mlp->forward(ln_2->forward(h));
+}
+
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden,
                                  bool quick_gelu, ParameterInit init) {
   resblocks = register_module("resblocks", torch::nn::ModuleList());
@@ -171,6 +195,13 @@ TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads, i
 at::Tensor TransformerImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
   auto h = x;
   for (auto& block : blocks) h = block->forward(h, mask);
+  return h;
+}
+
+at::Tensor TransformerImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,
+                                        const at::Tensor& mask) {
+  auto h = x;
+  for (auto& block : blocks) h = block->ForwardTree(h, paths, owners, mask);
   return h;
 }
 

@@ -42,6 +42,14 @@ struct AttentionImpl : torch::nn::Module {
     at::Tensor q, k, v;
   };
   at::Tensor Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask = {}) const;
+  // The same before out_proj: the heads' outputs side by side, [n·B,Lq,C].
+  at::Tensor MergedHeads(std::initializer_list<Inputs> sets, const at::Tensor& mask = {}) const;
+  // Attention over the nodes of a prefix tree (TextPrefixTree in clip_model.h), out_proj applied:
+  // y [N,C] holds one row per node; `paths` [R,L] the nodes of each prompt, position by position;
+  // `owners` [N] for each node one (prompt·L + position) that reaches it; `mask` [L,L] causal.
+  // Each prompt attends over its own path, and each node takes the output of its owner. [N,C].
+  at::Tensor AttendTree(const at::Tensor& y, const at::Tensor& paths, const at::Tensor& owners,
+                        const at::Tensor& mask) const;
 
   int64_t width, heads, head_dim;
   at::Tensor in_proj_weight, in_proj_bias;
@@ -62,6 +70,9 @@ struct ResidualAttentionBlockImpl : torch::nn::Module {
                              ParameterInit init = ParameterInit::kRandom);
   // Standard block: x + attn(ln_1 x), then + mlp(ln_2 ·).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+  // The block over a prefix tree's nodes [N,C] (AttentionImpl::AttendTree).
+  at::Tensor ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,
+                         const at::Tensor& mask);
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
   Attention attn{nullptr};
   Mlp mlp{nullptr};
@@ -72,6 +83,8 @@ struct TransformerImpl : torch::nn::Module {
   TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden, bool quick_gelu,
                   ParameterInit init = ParameterInit::kRandom);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+  at::Tensor ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,
+                         const at::Tensor& mask);
   torch::nn::ModuleList resblocks;
   std::vector<ResidualAttentionBlock> blocks;
 };

@@ -94,6 +94,42 @@ TEST_F(ClipModelTest, BucketedTextPassEqualsFullContextInTheRowsOrder) {
   EXPECT_LT((bucketed - full).abs().max().item<double>(), 1e-5 * full.abs().max().item<double>());
 }
 
+TEST(TextPrefixTreeTest, SharedPositionsAreOneNodeAndEveryPromptKeepsItsPath) {
+  // Context 6, end token = the largest id (9). Rows 0 and 2 share [1,2]; row 3 repeats row 0.
+  const std::vector<int64_t> ids = {1, 2, 3, 9, 0, 0,   //
+                                    4, 9, 0, 0, 0, 0,   //
+                                    1, 2, 9, 0, 0, 0,   //
+                                    1, 2, 3, 9, 0, 0};
+  TextBucket bucket{{0, 1, 2, 3}, 4};
+  const auto tree = BuildTextPrefixTree(ids.data(), 6, bucket);
+  EXPECT_EQ(tree.tokens, (std::vector<int64_t>{1, 2, 3, 9, 4, 9, 9}));
+  EXPECT_EQ(tree.positions, (std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2}));
+  EXPECT_EQ(tree.paths, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 5, 5, 0, 1, 6, 6, 0, 1, 2, 3}));
+  EXPECT_EQ(tree.owners, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 10}));
+  EXPECT_EQ(tree.ends, (std::vector<int64_t>{3, 5, 6, 3}));
+}
+
+TEST_F(ClipModelTest, RepeatedAndPrefixSharingPromptsEqualFullContext) {
+  ClipModel model(config_);
+  ASSERT_TRUE(LoadClipWeights(model, weights_).ok());
+  auto tokenizer = BpeTokenizer::FromFile(::anoclip::testing::VocabPath());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  std::vector<int64_t> ids;
+  int64_t count = 0;
+  for (const char* text : {"a photo of a bottle", "a photo of a damaged bottle", "a photo of a bottle",
+                           "a photo of the bottle", "a photo", "a photo of a bottle with a flaw"}) {
+    auto row = (*tokenizer)->EncodeForModel(text, 77);
+    ids.insert(ids.end(), row.begin(), row.end());
+    ++count;
+  }
+  torch::NoGradGuard no_grad;
+  auto tokens = torch::tensor(ids, torch::kLong).view({count, 77});
+  auto shared = model->EncodeText(tokens);
+  auto full = model->EncodeText(tokens, /*full_context=*/true);
+  EXPECT_LT((shared - full).abs().max().item<double>(), 1e-5 * full.abs().max().item<double>());
+  EXPECT_TRUE(torch::equal(shared[0], shared[2]));
+}
+
 TEST_F(ClipModelTest, NamesMissingMisshapedAndUnexpectedWeights) {
   ClipModel model(config_);
   auto weights = weights_;
