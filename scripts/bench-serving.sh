@@ -3,7 +3,8 @@
 #   1. offline: `anoclip bench --parts detect` (whole engine call per image at batch 8);
 #   2. the same model behind anoclip-server (--max-batch 8) on loopback, driven by
 #      `anoclip-client loadtest` at concurrency 8 and 1, with the server's own split from /metrics.
-# Prints throughputs, their ratio, p50/p99 latencies and the server's batch sizes; keeps the JSON
+# Prints throughputs, their ratio, the concurrency-1 p50 latency against the offline batch-1
+# time, p50/p99 latencies and the server's batch sizes; keeps the JSON
 # reports in $BENCH_OUT (default out/bench-serving).
 #
 #   BENCH_MODEL_DIR=DIR   model to serve (default: a random ViT-B-16-plus-240, made once)
@@ -33,6 +34,7 @@ echo "offline: anoclip bench --parts detect (batch 8)"
 "$BIN/anoclip" bench --model "$MODEL" --vocab "$VOCAB" --threads "$THREADS" --runs 5 --parts detect --json \
   >"$OUT/offline.json"
 offline_s=$(number "$OUT/offline.json" detect.b8)
+offline_b1_s=$(number "$OUT/offline.json" detect.b1)
 
 READY=$OUT/server.ready
 rm -f "$READY"
@@ -63,6 +65,8 @@ c8_rps=$(number "$OUT/c8.json" throughput_rps)
 awk -v off="$offline_s" -v rps="$c8_rps" 'BEGIN {
   printf "offline batch 8: %.3f images/s (%.3f s per image)\n", 1 / off, off
   printf "gRPC concurrency 8: %.3f images/s = %.2fx offline\n", rps, rps * off }'
+awk -v b1="$offline_b1_s" -v p50="$(number "$OUT/c1.json" p50)" 'BEGIN {
+  printf "gRPC concurrency 1: p50 %.1f ms = %.2fx offline detect.b1 (%.1f ms)\n", p50, p50 / 1000 / b1, b1 * 1000 }'
 for c in 8 1; do
   echo "concurrency $c: p50 $(number "$OUT/c$c.json" p50) ms, p99 $(number "$OUT/c$c.json" p99) ms," \
     "server mean batch $(number "$OUT/c$c.json" mean_batch)"
