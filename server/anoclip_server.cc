@@ -136,6 +136,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
 
   anomaly::DetectorOptions detector_options{config.model_dir, config.vocab, config.device, config.dtype,
                                             config.threads};
+  detector_options.precision = config.precision;
   detector_options.model_id_cache_dir = config.cache_dir;
   auto detector_or = anomaly::Detector::Create(detector_options);
   if (!detector_or.ok()) {

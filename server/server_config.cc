@@ -85,6 +85,9 @@ const std::vector<Flag>& Flags() {
       StringFlag("device", "DEV", "cpu or cuda:N", &ServerConfig::device),
       StringFlag("dtype", "D", "float32; float16 or bfloat16 on CUDA", &ServerConfig::dtype),
       IntFlag("threads", "libtorch intra-op threads; 0 = all cores", &ServerConfig::threads, 0, 1024),
+      StringFlag("precision", "P",
+                 "vision tower on the CPU: fp32, bf16 (AVX512-BF16/AMX) or int8 (VNNI/AMX); text stays fp32",
+                 &ServerConfig::precision),
       IntFlag("workers", "decode and post-processing threads", &ServerConfig::workers, 1, 256),
       IntFlag("max-batch", "images per vision forward", &ServerConfig::max_batch, 1, 256),
       IntFlag("max-queue-delay-ms",
@@ -172,6 +175,9 @@ absl::Status Validate(const ServerConfig& c) {
   if (c.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (c.precision != "fp32" && c.precision != "bf16" && c.precision != "int8") {
+    return absl::InvalidArgumentError(absl::StrCat("--precision is fp32, bf16 or int8; got \"", c.precision, "\""));
   }
   if (c.log_format != "text" && c.log_format != "json") {
     return absl::InvalidArgumentError(absl::StrCat("--log-format is text or json; got \"", c.log_format, "\""));

@@ -28,8 +28,11 @@ struct DetectorOptions {
   std::string device = "cpu";    // "cpu" or "cuda:N"
   std::string dtype = "float32"; // "float32"; "float16"/"bfloat16" on CUDA only
   int threads = 0;               // intra-op threads; 0 = all hardware threads
-  // CPU only: "fp32", or "bf16" for the vision tower and the TTA adapter's products (oneDNN's
-  // bfloat16 kernels; fast where the CPU has AVX512-BF16 or AMX). The text tower stays float32.
+  // CPU only: "fp32"; "bf16" for the vision tower and the TTA adapter's products (oneDNN's
+  // bfloat16 kernels; fast where the CPU has AVX512-BF16 or AMX); "int8" for the vision tower's
+  // projections and MLPs (dynamic int8 through libtorch's quantized engine, fast with VNNI or
+  // AMX; the adapter stays float32). The text tower stays float32 in every mode, so cached text
+  // features serve all three.
   std::string precision = "fp32";
   // Where the model id (a hash of every weight) is remembered per weight file, keyed by the file's
   // identity (inode, size, modification and change times), so that a restart need not read all

@@ -16,6 +16,7 @@
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "io/state_dict.h"
+#include "model/int8_linear.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -160,15 +161,20 @@ void WriteModelIdMemo(const std::string& path, const FileIdentity& identity, con
   }
 }
 
-// The vision tower's dtype for a precision name.
+// The vision tower's dtype for a precision name (int8 keeps float32 activations).
 absl::StatusOr<torch::Dtype> ParsePrecision(const std::string& name, const torch::Device& device,
                                             torch::Dtype model_dtype) {
   if (name == "fp32") return model_dtype;
-  if (name != "bf16") {
-    return absl::InvalidArgumentError(absl::StrCat("unknown precision \"", name, "\"; expected fp32 or bf16"));
+  if (name != "bf16" && name != "int8") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown precision \"", name, "\"; expected fp32, bf16 or int8"));
   }
-  if (!device.is_cpu()) return absl::InvalidArgumentError("precision bf16 is for the CPU; on CUDA use the dtype");
-  return torch::kBFloat16;
+  if (!device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("precision ", name, " is for the CPU; on CUDA use the dtype"));
+  }
+  if (name == "int8" && model::SelectInt8Engine().empty()) {
+    return absl::FailedPreconditionError("precision int8: this libtorch has no quantized engine (oneDNN or QNNPACK)");
+  }
+  return name == "bf16" ? torch::kBFloat16 : torch::kFloat32;
 }
 
 }  // namespace
@@ -208,6 +214,7 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
     weights.clear();  // release the mapping
     engine->model->to(engine->device, engine->dtype);
     if (engine->vision_dtype != engine->dtype) engine->model->visual->to(engine->vision_dtype);
+    if (options.precision == "int8") engine->model->visual->transformer->PackInt8();
     engine->model->eval();
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("loading the model failed: ", error.what_without_backtrace()));

@@ -87,7 +87,7 @@ double Correlation(const at::Tensor& a, const at::Tensor& b) {
 
 constexpr char kUsage[] =
     "usage: anoclip bench --model DIR [--vocab FILE] [--device cpu|cuda:N] [--threads N]\n"
-    "                     [--precision fp32|bf16] [--runs N (>=3)] [--text-runs N]\n"
+    "                     [--precision fp32|bf16|int8] [--runs N (>=3)] [--text-runs N]\n"
     "                     [--parts vision,text,tta,detect,precision] [--json]\n";
 
 }  // namespace
@@ -241,7 +241,9 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     std::cerr << "anoclip bench: " << text.status().message() << "\n";
     return 1;
   }
-  auto adapter = anomaly::TestTimeAdapter::Create(anomaly::TtaOptions{});
+  anomaly::TtaOptions tta_options;  // the adapter's products in the mode the Detector uses
+  if (loaded.vision_dtype == torch::kBFloat16) tta_options.compute_dtype = torch::kBFloat16;
+  auto adapter = anomaly::TestTimeAdapter::Create(tta_options);
   std::map<int64_t, std::vector<double>> tta;
   for (int64_t batch : {1, 8}) {
     if (!wants("tta")) break;

@@ -30,8 +30,9 @@ absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Argu
         absl::StrCat("--dtype must be float32, float16 or bfloat16; was \"", options.dtype, "\""));
   }
   options.precision = args.String("precision", "fp32");
-  if (options.precision != "fp32" && options.precision != "bf16") {
-    return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32 or bf16; was \"", options.precision, "\""));
+  if (options.precision != "fp32" && options.precision != "bf16" && options.precision != "int8") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--precision must be fp32, bf16 or int8; was \"", options.precision, "\""));
   }
   if (options.precision != "fp32" && options.device != "cpu") {
     return absl::InvalidArgumentError("--precision is for the CPU; on CUDA use --dtype");

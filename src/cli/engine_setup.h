@@ -23,7 +23,7 @@ namespace anoclip::cli {
 std::set<std::string> EngineValueFlags();
 
 // --model (required), --vocab, --device (cpu|cuda|cuda:N), --dtype (float32|float16|bfloat16),
-// --threads (0..1024), --precision fp32|bf16 (CPU only).
+// --threads (0..1024), --precision fp32|bf16|int8 (CPU only).
 absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Arguments& args);
 
 // DetectorOptionsFromArguments, then loads the model.

@@ -46,15 +46,28 @@ AttentionImpl::AttentionImpl(int64_t width, int64_t heads, ParameterInit init)
   if (random) torch::nn::init::xavier_uniform_(in_proj_weight);
 }
 
+void AttentionImpl::PackInt8() {
+  in_proj_int8 = Int8Linear::Pack(in_proj_weight, in_proj_bias);
+  value_int8 = Int8Linear::Pack(in_proj_weight.narrow(0, 2 * width, width), in_proj_bias.narrow(0, 2 * width, width));
+  out_proj_int8 = Int8Linear::Pack(out_proj->weight, out_proj->bias);
+}
+
+at::Tensor AttentionImpl::OutProject(const at::Tensor& merged) const {
+  if (out_proj_int8.packed()) return out_proj_int8(merged);
+  return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::Tensor& y) const {
-  auto qkv = torch::nn::functional::linear(y, in_proj_weight, in_proj_bias).chunk(3, -1);
+  auto qkv = (in_proj_int8.packed() ? in_proj_int8(y) : torch::nn::functional::linear(y, in_proj_weight, in_proj_bias))
+                 .chunk(3, -1);
   return {SplitHeads(qkv[0], heads, head_dim), SplitHeads(qkv[1], heads, head_dim),
           SplitHeads(qkv[2], heads, head_dim)};
 }
 
 at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
-  auto v = torch::nn::functional::linear(y, in_proj_weight.narrow(0, 2 * width, width),
-                                         in_proj_bias.narrow(0, 2 * width, width));
+  auto v = value_int8.packed() ? value_int8(y)
+                               : torch::nn::functional::linear(y, in_proj_weight.narrow(0, 2 * width, width),
+                                                               in_proj_bias.narrow(0, 2 * width, width));
   return SplitHeads(v, heads, head_dim);
 }
 
@@ -72,7 +85,7 @@ at::Tensor AttentionImpl::AttendFromFirstToken(const at::Tensor& y, const at::Te
   auto scores = at::bmm(query_in_input_space, y.transpose(1, 2)) + (query * key_bias).sum(-1, true);  // [B,h,L]
   auto out = at::matmul((scores * scale).softmax(-1).unsqueeze(2), v);  // [B,h,1,d]
   out = out.transpose(1, 2).reshape({batch, 1, width});
-  return torch::nn::functional::linear(out, out_proj->weight, out_proj->bias);
+  return OutProject(out);
 }
 
 at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -81,7 +94,7 @@ at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const
 }
 
 at::Tensor AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
-  return torch::nn::functional::linear(MergedHeads(sets, mask), out_proj->weight, out_proj->bias);
+  return OutProject(MergedHeads(sets, mask));
 }
 
 at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& paths, const at::Tensor& owners,
@@ -156,10 +169,15 @@ MlpImpl::MlpImpl(int64_t width, int64_t hidden, bool quick_gelu, ParameterInit i
   c_proj = register_module("c_proj", MakeLinear(hidden, width, init));
 }
 
+void MlpImpl::PackInt8() {
+  c_fc_int8 = Int8Linear::Pack(c_fc->weight, c_fc->bias);
+  c_proj_int8 = Int8Linear::Pack(c_proj->weight, c_proj->bias);
+}
+
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  auto h = c_fc->forward(x);
+  auto h = c_fc_int8.packed() ? c_fc_int8(x) : c_fc->forward(x);
   h = quick_gelu ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
-  return c_proj->forward(h);
+  return c_proj_int8.packed() ? c_proj_int8(h) : c_proj->forward(h);
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden,
@@ -196,6 +214,13 @@ at::Tensor TransformerImpl::forward(const at::Tensor& x, const at::Tensor& mask)
   auto h = x;
   for (auto& block : blocks) h = block->forward(h, mask);
   return h;
+}
+
+void TransformerImpl::PackInt8() {
+  for (auto& block : blocks) {
+    block->attn->PackInt8();
+    block->mlp->PackInt8();
+  }
 }
 
 at::Tensor TransformerImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,

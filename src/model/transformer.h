@@ -11,6 +11,8 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/int8_linear.h"
+
 namespace anoclip::model {
 
 // How a freshly built model's parameters are filled: OpenCLIP's random initialisation (seeded
@@ -51,16 +53,25 @@ struct AttentionImpl : torch::nn::Module {
   at::Tensor AttendTree(const at::Tensor& y, const at::Tensor& paths, const at::Tensor& owners,
                         const at::Tensor& mask) const;
 
+  // Packs the projections for int8 products (--precision int8); float32 stays the reference.
+  void PackInt8();
+
   int64_t width, heads, head_dim;
   at::Tensor in_proj_weight, in_proj_bias;
   torch::nn::Linear out_proj{nullptr};
+  Int8Linear in_proj_int8, value_int8, out_proj_int8;  // packed only under --precision int8
+
+ private:
+  at::Tensor OutProject(const at::Tensor& merged) const;
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
   MlpImpl(int64_t width, int64_t hidden, bool quick_gelu, ParameterInit init = ParameterInit::kRandom);
   at::Tensor forward(const at::Tensor& x);
+  void PackInt8();
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
+  Int8Linear c_fc_int8, c_proj_int8;
   bool quick_gelu;
 };
 TORCH_MODULE(Mlp);
@@ -85,6 +96,8 @@ struct TransformerImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
   at::Tensor ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,
                          const at::Tensor& mask);
+  // Every block's projections and MLP to int8 products (Int8Linear), for inference on the CPU.
+  void PackInt8();
   torch::nn::ModuleList resblocks;
   std::vector<ResidualAttentionBlock> blocks;
 };

@@ -214,6 +214,36 @@ TEST_F(DetectorGoldenTest, Bf16PrecisionFollowsFloat32) {
   EXPECT_EQ(Detector::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(DetectorGoldenTest, Int8PrecisionFollowsFloat32) {
+  DetectorOptions options;
+  options.model_dir = ::anoclip::testing::TinyModelDir();
+  options.vocab_path = ::anoclip::testing::VocabPath();
+  options.precision = "int8";
+  auto reduced = Detector::Create(options);
+  ASSERT_TRUE(reduced.ok()) << reduced.status();
+  const auto& c = GoldenJson()["cases"][0];
+  const std::string name = c["case"];
+  DetectOptions detect;
+  detect.keep_tokens = true;
+  detect.tta = true;
+  auto result = (*reduced)->Detect(GoldenTensor(name + "/input").unsqueeze(0), {Text(c["class"], c["kind"])}, {detect});
+  ASSERT_TRUE(result.ok()) << result.status();
+  const auto& d = result.value()[0];
+  auto correlation = [](const at::Tensor& a, const at::Tensor& b) {
+    auto x = a.flatten().to(torch::kDouble) - a.mean().item<double>(), y = b.flatten().to(torch::kDouble) - b.mean().item<double>();
+    return ((x * y).sum() / (x.norm() * y.norm())).item<double>();
+  };
+  // int8 products keep about 1% of each row's scale per layer: tokens follow float32 closely
+  // in direction, and the maps keep their shape.
+  EXPECT_GT(correlation(d.vv_tokens, GoldenTensor(name + "/vv_tokens")), 0.99);
+  EXPECT_GT(correlation(d.cls_embedding, GoldenTensor(name + "/cls_embedding")), 0.99);
+  EXPECT_GT(correlation(d.zero_shot_anomaly_map, GoldenTensor(name + "/anomaly_map")), 0.9);
+  EXPECT_EQ(d.anomaly_map.sizes(), GoldenTensor(name + "/anomaly_map").sizes());
+  EXPECT_TRUE(torch::isfinite(d.anomaly_map).all().item<bool>());
+  // The int8 path really ran: its tokens are not float32's to the golden tolerance.
+  EXPECT_FALSE(AllClose(d.vv_tokens, GoldenTensor(name + "/vv_tokens"), 1e-5));
+}
+
 TEST_F(DetectorGoldenTest, RejectsBadArguments) {
   auto text = Text("bottle", "object");
   auto wrong_size = detector_->Detect(torch::zeros({1, 3, 64, 64}), {text}, {DetectOptions{}});

@@ -47,6 +47,15 @@ TEST(ServerConfigTest, LogFormatIsTextOrJson) {
   EXPECT_NE(config.status().message().find("--log-format"), std::string::npos) << config.status();
 }
 
+TEST(ServerConfigTest, PrecisionIsFp32Bf16OrInt8) {
+  EXPECT_EQ(Parse({})->precision, "fp32");
+  EXPECT_EQ(Parse({"--precision", "int8"})->precision, "int8");
+  EXPECT_EQ(Parse({"--precision", "bf16"})->precision, "bf16");
+  auto config = Parse({"--precision", "fp16"});
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(config.status().message().find("--precision"), std::string::npos) << config.status();
+}
+
 TEST(ServerConfigTest, ConfigFileUsesTheSameTableAndFlagsWin) {
   const std::string path = ::testing::TempDir() + "/server_config.json";
   std::ofstream(path) << R"({"max_batch": 4, "warm": ["bottle", "carpet:texture"], "allowed_classes": "bottle,carpet",
