@@ -84,7 +84,7 @@ const std::vector<Flag>& Flags() {
                  &ServerConfig::vocab),
       StringFlag("device", "DEV", "cpu or cuda:N", &ServerConfig::device),
       StringFlag("dtype", "D", "float32; float16 or bfloat16 on CUDA", &ServerConfig::dtype),
-      IntFlag("threads", "libtorch intra-op threads; 0 = all cores", &ServerConfig::threads, 0, 1024),
+      IntFlag("threads", "libtorch intra-op threads; 0 = $OMP_NUM_THREADS if set, else all cores", &ServerConfig::threads, 0, 1024),
       StringFlag("precision", "P",
                  "vision tower on the CPU: fp32, bf16 (AVX512-BF16/AMX) or int8 (VNNI/AMX); text stays fp32",
                  &ServerConfig::precision),

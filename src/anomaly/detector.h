@@ -27,7 +27,7 @@ struct DetectorOptions {
   std::string vocab_path;        // empty: <model_dir>/bpe_simple_vocab_16e6.txt.gz, then $ANOCLIP_VOCAB
   std::string device = "cpu";    // "cpu" or "cuda:N"
   std::string dtype = "float32"; // "float32"; "float16"/"bfloat16" on CUDA only
-  int threads = 0;               // intra-op threads; 0 = all hardware threads
+  int threads = 0;               // intra-op threads; 0 = $OMP_NUM_THREADS if set, else all cores
   // CPU only: "fp32"; "bf16" for the vision tower and the TTA adapter's products (oneDNN's
   // bfloat16 kernels; fast where the CPU has AVX512-BF16 or AMX); "int8" for the vision tower's
   // projections and MLPs (dynamic int8 through libtorch's quantized engine, fast with VNNI or

@@ -161,6 +161,19 @@ void WriteModelIdMemo(const std::string& path, const FileIdentity& identity, con
   }
 }
 
+// libtorch's intra-op threads: the option; for 0, $OMP_NUM_THREADS where it is a positive number
+// (as PyTorch reads it; containers set it to their CPU limit), else every core the machine
+// has (libtorch itself would start with one on small machines).
+int IntraOpThreads(int option) {
+  if (option > 0) return option;
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && value > 0 && value <= 1024) return static_cast<int>(value);
+  }
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 // The vision tower's dtype for a precision name (int8 keeps float32 activations).
 absl::StatusOr<torch::Dtype> ParsePrecision(const std::string& name, const torch::Device& device,
                                             torch::Dtype model_dtype) {
@@ -192,10 +205,7 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
   if (options.threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 0; was ", options.threads));
   }
-  // libtorch defaults to one intra-op thread on small machines; use the cores we have.
-  const int threads = options.threads > 0 ? options.threads
-                                           : std::max(1u, std::thread::hardware_concurrency());
-  at::set_num_threads(threads);
+  at::set_num_threads(IntraOpThreads(options.threads));
 
   ANOCLIP_ASSIGN_OR_RETURN(const std::string weights_path, io::ModelWeightsPath(options.model_dir));
   const auto identity = Identify(weights_path);

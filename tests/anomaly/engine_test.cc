@@ -1,11 +1,15 @@
-// LoadEngine's model id: remembered across loads per weight file, never past a change to the file.
+// LoadEngine: the model id, remembered across loads per weight file and never past a change to
+// the file; the intra-op thread count.
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
+#include <thread>
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -81,6 +85,31 @@ TEST_F(ModelIdMemoTest, AnUnreadableMemoIsIgnored) {
   for (const char* garbage : {"", "{", "[]", "{\"format\":1}", "{\"format\":\"anoclip-model-id/1\",\"model_id\":7}"}) {
     std::ofstream(Memos()[0], std::ios::trunc) << garbage;
     EXPECT_EQ(Load(memo_dir), hashed) << garbage;
+  }
+}
+
+TEST(EngineThreadsTest, ZeroTakesOmpNumThreadsWhereSetAndAnExplicitCountWins) {
+  const char* saved = std::getenv("OMP_NUM_THREADS");
+  const std::string previous = saved ? saved : "";
+  DetectorOptions options;
+  options.model_dir = ::anoclip::testing::TinyModelDir();
+  options.vocab_path = ::anoclip::testing::VocabPath();
+  auto threads_after_load = [&options] {
+    auto engine = LoadEngine(options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return at::get_num_threads();
+  };
+  setenv("OMP_NUM_THREADS", "3", 1);
+  EXPECT_EQ(threads_after_load(), 3);
+  options.threads = 2;
+  EXPECT_EQ(threads_after_load(), 2);
+  options.threads = 0;
+  setenv("OMP_NUM_THREADS", "lots", 1);  // not a number: every core
+  EXPECT_EQ(threads_after_load(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  if (saved) {
+    setenv("OMP_NUM_THREADS", previous.c_str(), 1);
+  } else {
+    unsetenv("OMP_NUM_THREADS");
   }
 }
 

@@ -39,7 +39,7 @@ inline ServerConfig TinyConfig() {
   config.metrics_listen = "127.0.0.1:0";
   config.model_dir = ::anoclip::testing::TinyModelDir();
   config.vocab = ::anoclip::testing::VocabPath();
-  config.threads = 2;
+  config.threads = 0;  // every core, or $OMP_NUM_THREADS (1 in the TSan build)
   config.workers = 4;
   config.drain_timeout_s = 10;
   return config;
