@@ -24,17 +24,57 @@ F Real(const char* symbol) {
   return reinterpret_cast<F>(real);
 }
 
-void Acquired(void* mu, bool reader) {
-  __tsan_mutex_post_lock(mu, reader ? __tsan_mutex_read_lock : 0, 0);
+// abseil's public entry points call one another (CondVar::Wait and Mutex::LockWhen reach
+// Mutex::Lock, Unlock and Await through the same exported symbols, which resolve to the
+// definitions below). Only the outermost call on a thread tells TSan; nested ones go straight to
+// abseil, or TSan would see a mutex locked twice or unlocked by a thread that does not hold it.
+thread_local int depth = 0;
+class Outermost {
+ public:
+  Outermost() : outermost_(depth++ == 0) {}
+  ~Outermost() { --depth; }
+  Outermost(const Outermost&) = delete;
+  Outermost& operator=(const Outermost&) = delete;
+  explicit operator bool() const { return outermost_; }
+
+ private:
+  bool outermost_;
+};
+
+unsigned ReadFlag(bool reader) { return reader ? __tsan_mutex_read_lock : 0; }
+
+// A lock: `lock` runs abseil's implementation and returns whether the mutex is now held.
+template <typename Lock>
+auto AnnotatedLock(void* mu, unsigned flags, Lock lock) {
+  Outermost scope;
+  if (!scope) return lock();
+  __tsan_mutex_pre_lock(mu, flags);
+  const auto result = lock();
+  __tsan_mutex_post_lock(mu, flags, 0);
+  return result;
 }
-// After a wait: the mutex is held again.
-void Reacquired(void* mu) {
+
+template <typename Unlock>
+void AnnotatedUnlock(void* mu, unsigned flags, Unlock unlock) {
+  Outermost scope;
+  if (!scope) return unlock();
+  __tsan_mutex_pre_unlock(mu, flags);
+  unlock();
+  __tsan_mutex_post_unlock(mu, flags);
+}
+
+// A wait releases the mutex and takes it again before returning: for TSan an unlock (whose
+// release happens before whatever the waker does next) followed by a lock.
+template <typename Wait>
+auto AnnotatedWait(void* mu, Wait wait) {
+  Outermost scope;
+  if (!scope) return wait();
+  __tsan_mutex_pre_unlock(mu, 0);
+  const auto result = wait();
+  __tsan_mutex_post_unlock(mu, 0);
   __tsan_mutex_pre_lock(mu, 0);
   __tsan_mutex_post_lock(mu, 0, 0);
-}
-void Released(void* mu, bool reader) {
-  __tsan_mutex_pre_unlock(mu, reader ? __tsan_mutex_read_lock : 0);
-  __tsan_mutex_post_unlock(mu, reader ? __tsan_mutex_read_lock : 0);
+  return result;
 }
 
 }  // namespace
@@ -51,20 +91,19 @@ Mutex::~Mutex() {
   real(this);
 }
 
+// The lambdas of void functions return true so that every annotation helper has a value to pass on.
 void Mutex::Lock() {
   static auto real = Real<void (*)(Mutex*)>(ANOCLIP_MANGLED("5Mutex4LockEv"));
-  __tsan_mutex_pre_lock(this, 0);
-  real(this);
-  Acquired(this, false);
+  AnnotatedLock(this, 0, [&] { return real(this), true; });
 }
 void Mutex::ReaderLock() {
   static auto real = Real<void (*)(Mutex*)>(ANOCLIP_MANGLED("5Mutex10ReaderLockEv"));
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  real(this);
-  Acquired(this, true);
+  AnnotatedLock(this, ReadFlag(true), [&] { return real(this), true; });
 }
 bool Mutex::TryLock() {
   static auto real = Real<bool (*)(Mutex*)>(ANOCLIP_MANGLED("5Mutex7TryLockEv"));
+  Outermost scope;
+  if (!scope) return real(this);
   __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
   const bool locked = real(this);
   __tsan_mutex_post_lock(this, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
@@ -72,6 +111,8 @@ bool Mutex::TryLock() {
 }
 bool Mutex::ReaderTryLock() {
   static auto real = Real<bool (*)(Mutex*)>(ANOCLIP_MANGLED("5Mutex13ReaderTryLockEv"));
+  Outermost scope;
+  if (!scope) return real(this);
   const unsigned flags = __tsan_mutex_read_lock | __tsan_mutex_try_lock;
   __tsan_mutex_pre_lock(this, flags);
   const bool locked = real(this);
@@ -80,110 +121,74 @@ bool Mutex::ReaderTryLock() {
 }
 void Mutex::Unlock() {
   static auto real = Real<void (*)(Mutex*)>(ANOCLIP_MANGLED("5Mutex6UnlockEv"));
-  __tsan_mutex_pre_unlock(this, 0);
-  real(this);
-  __tsan_mutex_post_unlock(this, 0);
+  AnnotatedUnlock(this, 0, [&] { real(this); });
 }
 void Mutex::ReaderUnlock() {
   static auto real = Real<void (*)(Mutex*)>(ANOCLIP_MANGLED("5Mutex12ReaderUnlockEv"));
-  __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
-  real(this);
-  __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
+  AnnotatedUnlock(this, ReadFlag(true), [&] { real(this); });
 }
 
-// Lock when a condition holds: a lock, as far as TSan is concerned.
+// Lock when a condition holds: a lock, as far as TSan is concerned; the timed forms return
+// with the mutex held whether or not the condition became true.
 void Mutex::LockWhen(const Condition& cond) {
   static auto real = Real<void (*)(Mutex*, const Condition&)>(ANOCLIP_MANGLED("5Mutex8LockWhenERKNS0_9ConditionE"));
-  __tsan_mutex_pre_lock(this, 0);
-  real(this, cond);
-  Acquired(this, false);
+  AnnotatedLock(this, 0, [&] { return real(this, cond), true; });
 }
 void Mutex::ReaderLockWhen(const Condition& cond) {
   static auto real =
       Real<void (*)(Mutex*, const Condition&)>(ANOCLIP_MANGLED("5Mutex14ReaderLockWhenERKNS0_9ConditionE"));
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  real(this, cond);
-  Acquired(this, true);
+  AnnotatedLock(this, ReadFlag(true), [&] { return real(this, cond), true; });
 }
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, Duration)>(
       ANOCLIP_MANGLED("5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE"));
-  __tsan_mutex_pre_lock(this, 0);
-  const bool met = real(this, cond, timeout);
-  Acquired(this, false);  // held either way
-  return met;
+  return AnnotatedLock(this, 0, [&] { return real(this, cond, timeout); });
 }
 bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, Time)>(
       ANOCLIP_MANGLED("5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE"));
-  __tsan_mutex_pre_lock(this, 0);
-  const bool met = real(this, cond, deadline);
-  Acquired(this, false);
-  return met;
+  return AnnotatedLock(this, 0, [&] { return real(this, cond, deadline); });
 }
 bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, Duration)>(
       ANOCLIP_MANGLED("5Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE"));
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  const bool met = real(this, cond, timeout);
-  Acquired(this, true);
-  return met;
+  return AnnotatedLock(this, ReadFlag(true), [&] { return real(this, cond, timeout); });
 }
 bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, Time)>(
       ANOCLIP_MANGLED("5Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE"));
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  const bool met = real(this, cond, deadline);
-  Acquired(this, true);
-  return met;
+  return AnnotatedLock(this, ReadFlag(true), [&] { return real(this, cond, deadline); });
 }
 
-// Waiting releases the mutex and takes it again: an unlock then a lock. (Reader-held waits are
-// annotated as writer-held: the project waits only under writer locks.)
+// (Reader-held waits are annotated as writer-held: the project waits only under writer locks.)
 void Mutex::Await(const Condition& cond) {
   static auto real = Real<void (*)(Mutex*, const Condition&)>(ANOCLIP_MANGLED("5Mutex5AwaitERKNS0_9ConditionE"));
-  Released(this, false);
-  real(this, cond);
-  Reacquired(this);
+  AnnotatedWait(this, [&] { return real(this, cond), true; });
 }
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, Duration)>(
       ANOCLIP_MANGLED("5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE"));
-  Released(this, false);
-  const bool met = real(this, cond, timeout);
-  Reacquired(this);
-  return met;
+  return AnnotatedWait(this, [&] { return real(this, cond, timeout); });
 }
 bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   static auto real = Real<bool (*)(Mutex*, const Condition&, Time)>(
       ANOCLIP_MANGLED("5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE"));
-  Released(this, false);
-  const bool met = real(this, cond, deadline);
-  Reacquired(this);
-  return met;
+  return AnnotatedWait(this, [&] { return real(this, cond, deadline); });
 }
 
 void CondVar::Wait(Mutex* mu) {
   static auto real = Real<void (*)(CondVar*, Mutex*)>(ANOCLIP_MANGLED("7CondVar4WaitEPNS0_5MutexE"));
-  Released(mu, false);
-  real(this, mu);
-  Reacquired(mu);
+  AnnotatedWait(mu, [&] { return real(this, mu), true; });
 }
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
   static auto real = Real<bool (*)(CondVar*, Mutex*, Duration)>(
       ANOCLIP_MANGLED("7CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE"));
-  Released(mu, false);
-  const bool timed_out = real(this, mu, timeout);
-  Reacquired(mu);
-  return timed_out;
+  return AnnotatedWait(mu, [&] { return real(this, mu, timeout); });
 }
 bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
   static auto real = Real<bool (*)(CondVar*, Mutex*, Time)>(
       ANOCLIP_MANGLED("7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE"));
-  Released(mu, false);
-  const bool timed_out = real(this, mu, deadline);
-  Reacquired(mu);
-  return timed_out;
+  return AnnotatedWait(mu, [&] { return real(this, mu, deadline); });
 }
 
 ABSL_NAMESPACE_END
