@@ -51,7 +51,8 @@ if [ "$WHICH" = tsan ] || [ "$WHICH" = all ]; then
   mkdir -p build-tsan
   shim=build-tsan/absl_mutex_tsan.o
   if [ ! -e "$shim" ] || [ scripts/sanitizers/absl_mutex_tsan.cc -nt "$shim" ]; then
-    g++ -std=c++17 -O1 -fsanitize=thread -c scripts/sanitizers/absl_mutex_tsan.cc -o "$shim"
+    # No exceptions: the object is also linked into CMake's C compiler checks, which lack the C++ runtime.
+    g++ -std=c++17 -O1 -fno-exceptions -fsanitize=thread -c scripts/sanitizers/absl_mutex_tsan.cc -o "$shim"
     rm -rf build-tsan/bin  # the shim is a link input CMake does not track: relink every test
   fi
   build build-tsan "-fsanitize=thread" "$(pwd)/$shim"
