@@ -127,6 +127,7 @@ AnoclipServer::~AnoclipServer() { Drain(absl::Seconds(state_->config.drain_timeo
 
 int AnoclipServer::grpc_port() const { return state_->grpc_port; }
 int AnoclipServer::metrics_port() const { return state_->metrics_server ? state_->metrics_server->port() : 0; }
+const char* AnoclipServer::gemm_library() const { return state_->detector->gemm_library(); }
 
 absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const ServerConfig& config) {
   ANOCLIP_RETURN_IF_ERROR(CheckListenAddress("listen", config.listen));
@@ -137,6 +138,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
   anomaly::DetectorOptions detector_options{config.model_dir, config.vocab, config.device, config.dtype,
                                             config.threads};
   detector_options.precision = config.precision;
+  detector_options.gemm = config.gemm;
   detector_options.model_id_cache_dir = config.cache_dir;
   auto detector_or = anomaly::Detector::Create(detector_options);
   if (!detector_or.ok()) {

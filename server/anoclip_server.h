@@ -23,6 +23,7 @@ class AnoclipServer {
 
   int grpc_port() const;
   int metrics_port() const;  // 0 when metrics are off
+  const char* gemm_library() const;  // "blas" or "onednn": what --gemm chose
 
   // Health NOT_SERVING, new calls refused, accepted ones finished (cancelled after `timeout`).
   void Drain(absl::Duration timeout);

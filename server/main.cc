@@ -4,6 +4,7 @@
 
 #include <iostream>
 
+#include "common/allocator.h"
 #include "common/blas_info.h"
 #include "server/anoclip_server.h"
 #include "server/log.h"
@@ -11,6 +12,7 @@
 
 int main(int argc, char** argv) {
   anoclip::RestartWithBestBlasKernels(argv);
+  anoclip::ReuseFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   for (const auto& arg : args) {
     if (arg == "--help" || arg == "-h") {
@@ -50,7 +52,9 @@ int main(int argc, char** argv) {
     LogLine("error", server.status().message());
     return server.status().GetPayload(anoclip::server::kModelErrorPayload).has_value() ? 3 : 1;
   }
-  LogLine("info", "serving", {{"grpc_port", (*server)->grpc_port()}, {"metrics_port", (*server)->metrics_port()}});
+  LogLine("info", "serving", {{"grpc_port", (*server)->grpc_port()},
+                              {"metrics_port", (*server)->metrics_port()},
+                              {"gemm", (*server)->gemm_library()}});
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   LogLine("info", "draining", {{"signal", signal_number}, {"timeout_s", config->drain_timeout_s}});

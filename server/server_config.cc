@@ -88,6 +88,9 @@ const std::vector<Flag>& Flags() {
       StringFlag("precision", "P",
                  "vision tower on the CPU: fp32, bf16 (AVX512-BF16/AMX) or int8 (VNNI/AMX); text stays fp32",
                  &ServerConfig::precision),
+      StringFlag("gemm", "LIB",
+                 "CPU float32 products: auto (the faster of blas and onednn, timed at load), blas or onednn",
+                 &ServerConfig::gemm),
       IntFlag("workers", "decode and post-processing threads", &ServerConfig::workers, 1, 256),
       IntFlag("max-batch", "images per vision forward", &ServerConfig::max_batch, 1, 256),
       IntFlag("max-queue-delay-ms",
@@ -175,6 +178,9 @@ absl::Status Validate(const ServerConfig& c) {
   if (c.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (c.gemm != "auto" && c.gemm != "blas" && c.gemm != "onednn") {
+    return absl::InvalidArgumentError(absl::StrCat("--gemm is auto, blas or onednn; got \"", c.gemm, "\""));
   }
   if (c.precision != "fp32" && c.precision != "bf16" && c.precision != "int8") {
     return absl::InvalidArgumentError(absl::StrCat("--precision is fp32, bf16 or int8; got \"", c.precision, "\""));

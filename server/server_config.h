@@ -22,6 +22,7 @@ struct ServerConfig {
   std::string dtype = "float32";
   int threads = 0;
   std::string precision = "fp32";  // CPU: fp32, bf16 or int8 for the vision tower (DetectorOptions)
+  std::string gemm = "auto";        // CPU float32 products: auto, blas or onednn (DetectorOptions)
   int workers = 4;
   int max_batch = 8;
   int max_queue_delay_ms = 0;

@@ -199,6 +199,7 @@ Detector::~Detector() = default;
 const model::OpenClipConfig& Detector::config() const { return engine_->config; }
 const std::string& Detector::model_id() const { return engine_->model_id; }
 const std::string& Detector::device_name() const { return engine_->device_name; }
+const char* Detector::gemm_library() const { return model::GemmLibraryName(engine_->gemm_library); }
 
 absl::StatusOr<std::unique_ptr<Detector>> Detector::Create(const DetectorOptions& options) {
   ANOCLIP_ASSIGN_OR_RETURN(auto engine, LoadEngine(options));

@@ -34,6 +34,9 @@ struct DetectorOptions {
   // AMX; the adapter stays float32). The text tower stays float32 in every mode, so cached text
   // features serve all three.
   std::string precision = "fp32";
+  // CPU float32 products (docs/performance.md): "auto" times the BLAS and oneDNN on the model's
+  // largest product at load and takes the faster for the process; "blas" or "onednn" forces one.
+  std::string gemm = "auto";
   // Where the model id (a hash of every weight) is remembered per weight file, keyed by the file's
   // identity (inode, size, modification and change times), so that a restart need not read all
   // the weights to know it; empty: hash at every load.
@@ -80,6 +83,8 @@ class Detector {
   // Stable identifier of the loaded weights (config + tensor content hash).
   const std::string& model_id() const;
   const std::string& device_name() const;
+  // The library running the CPU float32 products: "blas" or "onednn" (DetectorOptions::gemm).
+  const char* gemm_library() const;
 
   // Encodes the spec's prompts `chunk_rows` at a time (bounding memory), running `check`
   // between chunks: its error (cancelled, deadline passed) stops the build and is returned.

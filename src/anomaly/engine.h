@@ -11,6 +11,7 @@
 
 #include "anomaly/detector.h"
 #include "model/clip_model.h"
+#include "model/linear.h"
 #include "model/tokenizer.h"
 
 namespace anoclip::anomaly {
@@ -25,6 +26,7 @@ struct Engine {
   torch::Dtype vision_dtype = torch::kFloat32;  // the vision tower's, and the TTA products' dtype
   std::string model_id;
   std::string device_name;
+  model::GemmLibrary gemm_library = model::GemmLibrary::kBlas;  // selected for the process at load
 
   // Preprocessed images as the vision tower takes them.
   at::Tensor ToModelInput(const at::Tensor& images) const {

@@ -87,7 +87,7 @@ double Correlation(const at::Tensor& a, const at::Tensor& b) {
 
 constexpr char kUsage[] =
     "usage: anoclip bench --model DIR [--vocab FILE] [--device cpu|cuda:N] [--threads N]\n"
-    "                     [--precision fp32|bf16|int8] [--runs N (>=3)] [--text-runs N]\n"
+    "                     [--precision fp32|bf16|int8] [--gemm auto|blas|onednn] [--runs N (>=3)] [--text-runs N]\n"
     "                     [--parts vision,text,tta,detect,precision] [--json]\n";
 
 }  // namespace
@@ -356,6 +356,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   out["threads"] = at::get_num_threads();
   out["blas"] = BlasLibraryPath();
   out["blas_kernels"] = OpenBlasCoreName();
+  out["gemm_library"] = detector->gemm_library();  // what --gemm chose for the forwards
   out["device"] = loaded.device_name;
   out["model"] = detector->model_id();
   out["image_size"] = size;

@@ -23,7 +23,7 @@ constexpr char kUsage[] =
     "         --out FILE.json [--views 1|22] [--mode anoclip|clip]\n"
     "         [--tta [--tta-steps N] [--tta-lr X] [--tta-sigma X] [--tta-init text|random] [--seed N]]\n"
     "         [--vocab FILE] [--device cpu|cuda:N] [--dtype float32|float16|bfloat16] [--threads N]\n"
-    "         [--precision fp32|bf16|int8]\n"
+    "         [--precision fp32|bf16|int8] [--gemm auto|blas|onednn]\n"
     "  DIR holds 5 to 50 defect-free images (png, jpg, jpeg, bmp, tif, tiff; other files are\n"
     "  ignored; more than 50 is an error). Use the scoring flags (--views, --mode, --tta...) that\n"
     "  detect will use with the calibration.\n";

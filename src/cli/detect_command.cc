@@ -26,7 +26,8 @@ using Clock = std::chrono::steady_clock;
 constexpr char kUsage[] =
     "usage: anoclip detect --model DIR --image PATH --class NAME [--kind object|texture]\n"
     "         [--vocab FILE] [--views 1|22] [--mode anoclip|clip] [--device cpu|cuda:N]\n"
-    "         [--dtype float32|float16|bfloat16] [--precision fp32|bf16|int8] [--threads N] [--out DIR]\n"
+    "         [--dtype float32|float16|bfloat16] [--precision fp32|bf16|int8] [--gemm auto|blas|onednn]\n"
+    "         [--threads N] [--out DIR]\n"
     "         [--dump FILE.safetensors] [--json]\n"
     "         [--tta [--tta-steps N] [--tta-lr X] [--tta-sigma X] [--tta-init text|random]\n"
     "                [--seed N] [--tta-noise FILE.safetensors:KEY]]\n"

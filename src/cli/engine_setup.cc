@@ -10,7 +10,7 @@
 
 namespace anoclip::cli {
 
-std::set<std::string> EngineValueFlags() { return {"model", "vocab", "device", "dtype", "threads", "precision"}; }
+std::set<std::string> EngineValueFlags() { return {"model", "vocab", "device", "dtype", "threads", "precision", "gemm"}; }
 
 absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Arguments& args) {
   anomaly::DetectorOptions options;
@@ -36,6 +36,10 @@ absl::StatusOr<anomaly::DetectorOptions> DetectorOptionsFromArguments(const Argu
   }
   if (options.precision != "fp32" && options.device != "cpu") {
     return absl::InvalidArgumentError("--precision is for the CPU; on CUDA use --dtype");
+  }
+  options.gemm = args.String("gemm", "auto");
+  if (options.gemm != "auto" && options.gemm != "blas" && options.gemm != "onednn") {
+    return absl::InvalidArgumentError(absl::StrCat("--gemm must be auto, blas or onednn; was \"", options.gemm, "\""));
   }
   ANOCLIP_ASSIGN_OR_RETURN(int64_t threads, args.Int("threads", 0, 0, 1024));
   options.threads = static_cast<int>(threads);

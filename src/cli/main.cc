@@ -7,6 +7,7 @@
 
 #include "cli/command_support.h"
 #include "cli/commands.h"
+#include "common/allocator.h"
 #include "common/blas_info.h"
 
 namespace {
@@ -41,6 +42,7 @@ void PrintUsage(std::ostream& out) {
 
 int main(int argc, char** argv) {
   anoclip::RestartWithBestBlasKernels(argv);
+  anoclip::ReuseFreedMemory();
   if (argc < 2) {
     PrintUsage(std::cerr);
     return anoclip::cli::kExitUsageError;

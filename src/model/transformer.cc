@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/blas_info.h"
+#include "model/linear.h"
 
 namespace anoclip::model {
 namespace {
@@ -54,28 +55,26 @@ void AttentionImpl::PackInt8() {
 
 at::Tensor AttentionImpl::OutProject(const at::Tensor& merged) const {
   if (out_proj_int8.packed()) return out_proj_int8(merged);
-  return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
+  return Linear(merged, out_proj->weight, out_proj->bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::Tensor& y) const {
-  auto qkv = (in_proj_int8.packed() ? in_proj_int8(y) : torch::nn::functional::linear(y, in_proj_weight, in_proj_bias))
-                 .chunk(3, -1);
+  auto qkv = (in_proj_int8.packed() ? in_proj_int8(y) : Linear(y, in_proj_weight, in_proj_bias)).chunk(3, -1);
   return {SplitHeads(qkv[0], heads, head_dim), SplitHeads(qkv[1], heads, head_dim),
           SplitHeads(qkv[2], heads, head_dim)};
 }
 
 at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
   auto v = value_int8.packed() ? value_int8(y)
-                               : torch::nn::functional::linear(y, in_proj_weight.narrow(0, 2 * width, width),
-                                                               in_proj_bias.narrow(0, 2 * width, width));
+                               : Linear(y, in_proj_weight.narrow(0, 2 * width, width),
+                                        in_proj_bias.narrow(0, 2 * width, width));
   return SplitHeads(v, heads, head_dim);
 }
 
 at::Tensor AttentionImpl::AttendFromFirstToken(const at::Tensor& y, const at::Tensor& v) const {
   const int64_t batch = y.size(0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  auto q = SplitHeads(torch::nn::functional::linear(y.narrow(1, 0, 1), in_proj_weight.narrow(0, 0, width),
-                                                    in_proj_bias.narrow(0, 0, width)),
+  auto q = SplitHeads(Linear(y.narrow(1, 0, 1), in_proj_weight.narrow(0, 0, width), in_proj_bias.narrow(0, 0, width)),
                       heads, head_dim);  // [B,h,1,d]
   // q·kⱼ = q·(W_k yⱼ + b_k) = (W_kᵀ q)·yⱼ + q·b_k: one query needs no key of its own.
   auto query = q.view({batch, heads, head_dim});
@@ -102,13 +101,13 @@ at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& path
   const int64_t prompts = paths.size(0), length = paths.size(1);
   // The projections run once per node; only the small per-head products run per prompt, on its
   // path's rows gathered from the nodes.
-  auto qkv = torch::nn::functional::linear(y, in_proj_weight, in_proj_bias);  // [N,3C]
+  auto qkv = Linear(y, in_proj_weight, in_proj_bias);  // [N,3C]
   auto rows = qkv.index_select(0, paths.flatten()).view({prompts, length, 3 * width}).chunk(3, -1);
   auto merged = MergedHeads({{SplitHeads(rows[0], heads, head_dim), SplitHeads(rows[1], heads, head_dim),
                               SplitHeads(rows[2], heads, head_dim)}},
                             mask);  // [R,L,C]
   merged = merged.view({prompts * length, width}).index_select(0, owners);
-  return torch::nn::functional::linear(merged, out_proj->weight, out_proj->bias);
+  return Linear(merged, out_proj->weight, out_proj->bias);
 }
 
 at::Tensor AttentionImpl::MergedHeads(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
@@ -175,9 +174,9 @@ void MlpImpl::PackInt8() {
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  auto h = c_fc_int8.packed() ? c_fc_int8(x) : c_fc->forward(x);
+  auto h = c_fc_int8.packed() ? c_fc_int8(x) : Linear(x, c_fc->weight, c_fc->bias);
   h = quick_gelu ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
-  return c_proj_int8.packed() ? c_proj_int8(h) : c_proj->forward(h);
+  return c_proj_int8.packed() ? c_proj_int8(h) : Linear(h, c_proj->weight, c_proj->bias);
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden,

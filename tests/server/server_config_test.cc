@@ -56,6 +56,15 @@ TEST(ServerConfigTest, PrecisionIsFp32Bf16OrInt8) {
   EXPECT_NE(config.status().message().find("--precision"), std::string::npos) << config.status();
 }
 
+TEST(ServerConfigTest, GemmIsAutoBlasOrOneDnn) {
+  EXPECT_EQ(Parse({})->gemm, "auto");
+  EXPECT_EQ(Parse({"--gemm", "blas"})->gemm, "blas");
+  EXPECT_EQ(Parse({"--gemm", "onednn"})->gemm, "onednn");
+  auto config = Parse({"--gemm", "mkl"});
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(config.status().message().find("--gemm"), std::string::npos) << config.status();
+}
+
 TEST(ServerConfigTest, ConfigFileUsesTheSameTableAndFlagsWin) {
   const std::string path = ::testing::TempDir() + "/server_config.json";
   std::ofstream(path) << R"({"max_batch": 4, "warm": ["bottle", "carpet:texture"], "allowed_classes": "bottle,carpet",

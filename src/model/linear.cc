@@ -1,0 +1,72 @@
+#include "model/linear.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace anoclip::model {
+namespace {
+
+std::atomic<GemmLibrary> selected{GemmLibrary::kBlas};
+
+// oneDNN's inner product takes its input in oneDNN's tensor type (a copy of the rows, cheap next
+// to the product) and reads the dense weight and bias in place.
+at::Tensor OneDnnLinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  auto sizes = x.sizes().vec();
+  auto rows = x.reshape({-1, sizes.back()}).contiguous().to_mkldnn();
+  auto y = at::mkldnn_linear(rows, weight.contiguous(),
+                             bias.defined() ? c10::optional<at::Tensor>(bias.contiguous()) : c10::nullopt)
+               .to_dense();
+  sizes.back() = weight.size(0);
+  return y.view(sizes);
+}
+
+at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (library == GemmLibrary::kOneDnn && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+      weight.scalar_type() == at::kFloat && !at::GradMode::is_enabled()) {
+    return OneDnnLinear(x, weight, bias);
+  }
+  return at::linear(x, weight, bias);
+}
+
+}  // namespace
+
+const char* GemmLibraryName(GemmLibrary library) { return library == GemmLibrary::kOneDnn ? "onednn" : "blas"; }
+
+absl::StatusOr<GemmLibrary> ParseGemmLibrary(const std::string& name) {
+  if (name == "blas") return GemmLibrary::kBlas;
+  if (name != "onednn") return absl::InvalidArgumentError(absl::StrCat("unknown GEMM library \"", name, "\""));
+  if (!at::hasMKLDNN()) return absl::FailedPreconditionError("this libtorch was built without oneDNN");
+  return GemmLibrary::kOneDnn;
+}
+
+void SetGemmLibrary(GemmLibrary library) { selected.store(library); }
+GemmLibrary CurrentGemmLibrary() { return selected.load(); }
+
+GemmLibrary FasterGemmLibrary(const GemmShape& shape) {
+  if (!at::hasMKLDNN()) return GemmLibrary::kBlas;
+  at::NoGradGuard no_grad;
+  const auto x = at::randn({shape.m, shape.k}), weight = at::randn({shape.n, shape.k}), bias = at::randn({shape.n});
+  double seconds[2] = {0, 0};
+  for (int run = -1; run < 4; ++run) {  // run -1 warms up: oneDNN builds its kernel on the first call
+    for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
+      const auto start = std::chrono::steady_clock::now();
+      (void)LinearWith(library, x, weight, bias);
+      if (run >= 0) {
+        seconds[static_cast<int>(library)] +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+    }
+  }
+  return seconds[1] < seconds[0] ? GemmLibrary::kOneDnn : GemmLibrary::kBlas;
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias);
+}
+
+}  // namespace anoclip::model

@@ -1,0 +1,37 @@
+// Float32 linear layers on the CPU through the faster of the two GEMM libraries libtorch carries:
+// the BLAS it calls (OpenBLAS, with the kernels the environment selects) and oneDNN, which has
+// its own AVX-512 and AMX kernels and on some machines runs the model's products 1.5-1.8x
+// faster. The choice is measured once per process on the model's own largest product
+// (LoadEngine, `--gemm auto`) or set by the operator (`--gemm blas|onednn`).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/model_flops.h"
+
+namespace anoclip::model {
+
+enum class GemmLibrary { kBlas, kOneDnn };
+
+const char* GemmLibraryName(GemmLibrary library);  // "blas" or "onednn"
+// "blas" or "onednn"; InvalidArgument otherwise, and FailedPrecondition for oneDNN where this
+// libtorch was built without it.
+absl::StatusOr<GemmLibrary> ParseGemmLibrary(const std::string& name);
+
+// The library Linear uses, for the whole process (kBlas until set: libtorch's own path).
+void SetGemmLibrary(GemmLibrary library);
+GemmLibrary CurrentGemmLibrary();
+
+// Runs Linear's product of `shape` with each library, alternating, and returns the faster (kBlas
+// where libtorch has no oneDNN). About ten products: tens of milliseconds for a ViT-B.
+GemmLibrary FasterGemmLibrary(const GemmShape& shape);
+
+// x [..., in] · weightᵀ + bias -> [..., out]. Through oneDNN when it is selected and x is a
+// float32 CPU tensor outside autograd; everything else is libtorch's linear (the BLAS, or
+// oneDNN's own bfloat16 path).
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+}  // namespace anoclip::model
