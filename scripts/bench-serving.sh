@@ -13,6 +13,7 @@
 #   BUILD_DIR=DIR         build directory (default build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/server-ready.sh
 
 BUILD_DIR=${BUILD_DIR:-build}
 BIN="$(cd "$BUILD_DIR" && pwd)/bin"
@@ -43,14 +44,9 @@ rm -f "$READY"
   --cache-dir "$OUT/text-cache" --ready-file "$READY" 2>"$OUT/server.log" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 1200); do
-  [ -f "$READY" ] && break
-  kill -0 "$SERVER" 2>/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
-  sleep 0.5
-done
-[ -f "$READY" ] || { echo "bench-serving: the server was not ready in 10 minutes" >&2; exit 1; }
-TARGET=127.0.0.1:$(sed -E 's/.*"grpc_port": *([0-9]+).*/\1/' "$READY")
-METRICS=127.0.0.1:$(sed -E 's/.*"metrics_port": *([0-9]+).*/\1/' "$READY")
+wait_ready "$READY" "$SERVER" "$OUT/server.log" bench-serving
+TARGET=127.0.0.1:$(ready_port "$READY" grpc_port)
+METRICS=127.0.0.1:$(ready_port "$READY" metrics_port)
 
 for c in 8 1; do
   duration=$SECONDS_C8

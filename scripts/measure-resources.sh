@@ -11,6 +11,7 @@
 #   BUILD_DIR=DIR           build directory (default build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/server-ready.sh
 
 BIN="$(cd "${BUILD_DIR:-build}" && pwd)/bin"
 OUT=${MEASURE_OUT:-out/measure-resources}
@@ -33,14 +34,9 @@ start_server() {
   "$BIN/anoclip-server" --model "$MODEL" --vocab "$VOCAB" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     --max-batch 8 --warm bottle --cache-dir "$OUT/text-cache" --ready-file "$ready" 2>"$OUT/server.log" &
   SERVER=$!
-  for _ in $(seq 1 60000); do
-    [ -f "$ready" ] && break
-    kill -0 "$SERVER" 2>/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
-    sleep 0.01
-  done
-  [ -f "$ready" ] || { echo "measure-resources: the server was not ready in 10 minutes" >&2; exit 1; }
+  wait_ready "$ready" "$SERVER" "$OUT/server.log" measure-resources
   STARTUP_S=$(awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.2f", t1 - t0}')
-  TARGET=127.0.0.1:$(sed -E 's/.*"grpc_port": *([0-9]+).*/\1/' "$ready")
+  TARGET=127.0.0.1:$(ready_port "$ready" grpc_port)
 }
 stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
 trap stop_server EXIT

@@ -47,6 +47,25 @@ class DetectorGoldenTest : public ::testing::Test {
     return result.ok() ? result.value()[0] : Detection{};
   }
 
+  // Golden case 0 with TTA and its tokens, on a detector loaded with --precision `precision`.
+  static Detection DetectCase0WithPrecision(const std::string& precision) {
+    DetectorOptions options;
+    options.model_dir = ::anoclip::testing::TinyModelDir();
+    options.vocab_path = ::anoclip::testing::VocabPath();
+    options.precision = precision;
+    auto reduced = Detector::Create(options);
+    EXPECT_TRUE(reduced.ok()) << reduced.status();
+    if (!reduced.ok()) return {};
+    const auto& c = GoldenJson()["cases"][0];
+    DetectOptions detect;
+    detect.keep_tokens = true;
+    detect.tta = true;
+    auto result = (*reduced)->Detect(GoldenTensor(std::string(c["case"]) + "/input").unsqueeze(0),
+                                     {Text(c["class"], c["kind"])}, {detect});
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? result.value()[0] : Detection{};
+  }
+
   static Detector* detector_;
 };
 
@@ -183,61 +202,39 @@ TEST_F(DetectorGoldenTest, MixedClassBatchEqualsOneByOne) {
   }
 }
 
+double Correlation(const at::Tensor& a, const at::Tensor& b) {
+  auto x = a.flatten().to(torch::kDouble) - a.mean().item<double>(), y = b.flatten().to(torch::kDouble) - b.mean().item<double>();
+  return ((x * y).sum() / (x.norm() * y.norm())).item<double>();
+}
+
 TEST_F(DetectorGoldenTest, Bf16PrecisionFollowsFloat32) {
-  DetectorOptions options;
-  options.model_dir = ::anoclip::testing::TinyModelDir();
-  options.vocab_path = ::anoclip::testing::VocabPath();
-  options.precision = "bf16";
-  auto reduced = Detector::Create(options);
-  ASSERT_TRUE(reduced.ok()) << reduced.status();
-  const auto& c = GoldenJson()["cases"][0];
-  const std::string name = c["case"];
-  DetectOptions detect;
-  detect.keep_tokens = true;
-  detect.tta = true;
-  auto result = (*reduced)->Detect(GoldenTensor(name + "/input").unsqueeze(0), {Text(c["class"], c["kind"])}, {detect});
-  ASSERT_TRUE(result.ok()) << result.status();
-  const auto& d = result.value()[0];
+  const Detection d = DetectCase0WithPrecision("bf16");
+  ASSERT_TRUE(d.anomaly_map.defined());
+  const std::string name = GoldenJson()["cases"][0]["case"];
   // bfloat16 keeps 8 significant bits: tokens follow float32 to about 1% of their scale.
-  auto correlation = [](const at::Tensor& a, const at::Tensor& b) {
-    auto x = a.flatten().to(torch::kDouble) - a.mean().item<double>(), y = b.flatten().to(torch::kDouble) - b.mean().item<double>();
-    return ((x * y).sum() / (x.norm() * y.norm())).item<double>();
-  };
-  EXPECT_GT(correlation(d.vv_tokens, GoldenTensor(name + "/vv_tokens")), 0.999);
-  EXPECT_GT(correlation(d.cls_embedding, GoldenTensor(name + "/cls_embedding")), 0.999);
+  EXPECT_GT(Correlation(d.vv_tokens, GoldenTensor(name + "/vv_tokens")), 0.999);
+  EXPECT_GT(Correlation(d.cls_embedding, GoldenTensor(name + "/cls_embedding")), 0.999);
   const auto golden_vv = GoldenTensor(name + "/vv_tokens");
   EXPECT_TRUE(AllClose(d.vv_tokens, golden_vv, 5e-2 * golden_vv.abs().max().item<double>()));
   EXPECT_EQ(d.anomaly_map.sizes(), GoldenTensor(name + "/anomaly_map").sizes());
   EXPECT_TRUE(torch::isfinite(d.anomaly_map).all().item<bool>());
 
+  DetectorOptions options;
+  options.model_dir = ::anoclip::testing::TinyModelDir();
+  options.vocab_path = ::anoclip::testing::VocabPath();
   options.precision = "int4";
   EXPECT_EQ(Detector::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(DetectorGoldenTest, Int8PrecisionFollowsFloat32) {
-  DetectorOptions options;
-  options.model_dir = ::anoclip::testing::TinyModelDir();
-  options.vocab_path = ::anoclip::testing::VocabPath();
-  options.precision = "int8";
-  auto reduced = Detector::Create(options);
-  ASSERT_TRUE(reduced.ok()) << reduced.status();
-  const auto& c = GoldenJson()["cases"][0];
-  const std::string name = c["case"];
-  DetectOptions detect;
-  detect.keep_tokens = true;
-  detect.tta = true;
-  auto result = (*reduced)->Detect(GoldenTensor(name + "/input").unsqueeze(0), {Text(c["class"], c["kind"])}, {detect});
-  ASSERT_TRUE(result.ok()) << result.status();
-  const auto& d = result.value()[0];
-  auto correlation = [](const at::Tensor& a, const at::Tensor& b) {
-    auto x = a.flatten().to(torch::kDouble) - a.mean().item<double>(), y = b.flatten().to(torch::kDouble) - b.mean().item<double>();
-    return ((x * y).sum() / (x.norm() * y.norm())).item<double>();
-  };
+  const Detection d = DetectCase0WithPrecision("int8");
+  ASSERT_TRUE(d.anomaly_map.defined());
+  const std::string name = GoldenJson()["cases"][0]["case"];
   // int8 products keep about 1% of each row's scale per layer: tokens follow float32 closely
   // in direction, and the maps keep their shape.
-  EXPECT_GT(correlation(d.vv_tokens, GoldenTensor(name + "/vv_tokens")), 0.99);
-  EXPECT_GT(correlation(d.cls_embedding, GoldenTensor(name + "/cls_embedding")), 0.99);
-  EXPECT_GT(correlation(d.zero_shot_anomaly_map, GoldenTensor(name + "/anomaly_map")), 0.9);
+  EXPECT_GT(Correlation(d.vv_tokens, GoldenTensor(name + "/vv_tokens")), 0.99);
+  EXPECT_GT(Correlation(d.cls_embedding, GoldenTensor(name + "/cls_embedding")), 0.99);
+  EXPECT_GT(Correlation(d.zero_shot_anomaly_map, GoldenTensor(name + "/anomaly_map")), 0.9);
   EXPECT_EQ(d.anomaly_map.sizes(), GoldenTensor(name + "/anomaly_map").sizes());
   EXPECT_TRUE(torch::isfinite(d.anomaly_map).all().item<bool>());
   // The int8 path really ran: its tokens are not float32's to the golden tolerance.
