@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "anomaly/scorer.h"
+#include "model/linear.h"
 
 namespace anoclip::anomaly {
 namespace F = torch::nn::functional;
@@ -18,12 +19,16 @@ at::Tensor Normalize(const at::Tensor& x) { return F::normalize(x, F::NormalizeF
 at::Tensor AdaptedProbabilities(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 const at::Tensor& prompts, const at::Tensor& text_features,
                                 at::ScalarType compute) {
+  // a [B,M,K] times the transpose of b [B,N,K], per image.
   auto product = [compute](const at::Tensor& a, const at::Tensor& b) {
-    if (compute == a.scalar_type()) return at::bmm(a, b);
-    return at::bmm(a.to(compute), b.to(compute)).to(a.scalar_type());
+    if (compute != a.scalar_type()) return at::bmm(a.to(compute), b.transpose(1, 2).to(compute)).to(a.scalar_type());
+    // In float32 each image's product goes through the process's GEMM library (model/linear.h).
+    std::vector<at::Tensor> images;
+    for (int64_t i = 0; i < a.size(0); ++i) images.push_back(model::TrainableLinear(a[i], b[i]));
+    return torch::stack(images);
   };
-  auto gate = torch::tanh(product(Normalize(x), weight.transpose(1, 2)) + bias.unsqueeze(1));
-  auto adapted = 0.5 * x + 0.5 * product(gate, prompts);
+  auto gate = torch::tanh(product(Normalize(x), weight) + bias.unsqueeze(1));
+  auto adapted = 0.5 * x + 0.5 * product(gate, prompts.transpose(1, 2));
   return StateProbabilities(adapted, text_features);
 }
 

@@ -1,6 +1,7 @@
 #include "model/linear.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +25,23 @@ at::Tensor OneDnnLinear(const at::Tensor& x, const at::Tensor& weight, const at:
   sizes.back() = weight.size(0);
   return y.view(sizes);
 }
+
+// y = x·wᵀ for autograd: dx = dy·w and dw = dyᵀ·x, each again a oneDNN product.
+struct OneDnnProduct : torch::autograd::Function<OneDnnProduct> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight) {
+    ctx->save_for_backward({x, weight});
+    return OneDnnLinear(x, weight, {});
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &dy = grads[0];
+    at::Tensor dx, dweight;
+    if (ctx->needs_input_grad(0)) dx = OneDnnLinear(dy, weight.t().contiguous(), {});
+    if (ctx->needs_input_grad(1)) dweight = OneDnnLinear(dy.t().contiguous(), x.t().contiguous(), {});
+    return {dx, dweight};
+  }
+};
 
 at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (library == GemmLibrary::kOneDnn && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
@@ -67,6 +85,14 @@ GemmLibrary FasterGemmLibrary(const GemmShape& shape) {
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias);
+}
+
+at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight) {
+  if (selected.load(std::memory_order_relaxed) == GemmLibrary::kOneDnn && x.device().is_cpu() &&
+      x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat) {
+    return OneDnnProduct::apply(x, weight);
+  }
+  return at::linear(x, weight);
 }
 
 }  // namespace anoclip::model

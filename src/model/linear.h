@@ -34,4 +34,9 @@ GemmLibrary FasterGemmLibrary(const GemmShape& shape);
 // oneDNN's own bfloat16 path).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// x [M,in] · weightᵀ ([out,in]) -> [M,out], differentiable in both (the TTA adapter's products,
+// which train under autograd): through oneDNN when it is selected and x is float32 on the CPU,
+// forward and backward alike; else libtorch's linear.
+at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight);
+
 }  // namespace anoclip::model
