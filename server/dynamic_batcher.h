@@ -8,8 +8,13 @@
 // Policy. Submit never blocks: a full queue answers RESOURCE_EXHAUSTED at once and the caller
 // keeps its task (ownership moves only on OK). One batcher thread runs the batches. Batches form
 // because tasks arrive while the engine is busy, not by making a lone task wait: when the thread
-// is idle it takes what is queued at once, up to `max_batch`. `max_queue_delay` > 0 lets the
-// oldest task wait that long for the batch to fill (an upper bound on the added latency). Tasks
+// is idle it takes what is queued at once, up to `max_batch`. One exception keeps batches whole
+// under steady load: right after a batch of n > 1 the callers it answered tend to come back
+// together (closed-loop clients, cameras on one line), and the first of them would otherwise run
+// alone while the rest queue behind it, so the next batch waits for n tasks, at most
+// `regroup_fraction` of the last batch's run time. After a batch of one nothing waits.
+// `max_queue_delay` > 0 lets the oldest task wait that long for the batch to fill (an upper
+// bound on the added latency). Tasks
 // whose deadline passed or whose caller cancelled are failed before any compute. Stop() refuses
 // new tasks, runs everything accepted and joins.
 //
@@ -19,6 +24,7 @@
 // batcher thread.
 #pragma once
 
+#include <algorithm>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -53,6 +59,11 @@ class Clock {
 struct BatcherOptions {
   int max_batch = 8;
   absl::Duration max_queue_delay = absl::ZeroDuration();  // 0: never wait for a batch to fill
+  double regroup_fraction = 0.1;  // after a batch of n > 1: wait up to this share of its run time for n
+  // Called on the batcher thread once the engine has had no work for `idle_after` since its last
+  // batch (the server hands freed memory back to the system there); empty: nothing.
+  std::function<void()> on_idle;
+  absl::Duration idle_after = absl::Seconds(1);
   size_t queue_capacity = 256;
   bool start_thread = true;  // false: tests call TakeReadyBatch and RunBatch themselves
 };
@@ -69,6 +80,9 @@ class DynamicBatcher {
       return absl::InvalidArgumentError(absl::StrCat("max_batch must be positive; was ", options.max_batch));
     }
     if (options.queue_capacity < 1) return absl::InvalidArgumentError("queue_capacity must be positive; was 0");
+    if (!(options.regroup_fraction >= 0 && options.regroup_fraction <= 1)) {
+      return absl::InvalidArgumentError("regroup_fraction must be in [0, 1]");
+    }
     if (options.max_queue_delay < absl::ZeroDuration()) {
       return absl::InvalidArgumentError("max_queue_delay must not be negative");
     }
@@ -119,6 +133,8 @@ class DynamicBatcher {
 
   // Runs one batch through the process function under the completion guard.
   void RunBatch(Batch batch) {
+    const int size = static_cast<int>(batch.size());
+    const absl::Time start = clock_->Now();
     absl::Status leftover = absl::InternalError("the batch ended without answering this request");
     try {
       process_(batch);
@@ -130,6 +146,10 @@ class DynamicBatcher {
     for (auto& task : batch) {
       if (task) FailQuietly(*task, leftover);
     }
+    const absl::Time end = clock_->Now();
+    absl::MutexLock lock(&mutex_);
+    regroup_size_ = size > 1 ? size : 0;
+    regroup_until_ = end + (end - start) * options_.regroup_fraction;
   }
 
   // Refuses new tasks, runs everything queued, joins the thread.
@@ -155,10 +175,21 @@ class DynamicBatcher {
   DynamicBatcher(const BatcherOptions& options, ProcessFn process, const Clock* clock)
       : options_(options), process_(std::move(process)), clock_(clock) {}
 
+  bool RegroupingLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return static_cast<int>(queue_.size()) < regroup_size_ && now < regroup_until_;
+  }
+
   bool ReadyLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (queue_.empty()) return false;
-    return stopping_ || static_cast<int>(queue_.size()) >= options_.max_batch ||
-           now >= queue_.front().enqueued + options_.max_queue_delay;
+    if (stopping_ || static_cast<int>(queue_.size()) >= options_.max_batch) return true;
+    return !RegroupingLocked(now) && now >= queue_.front().enqueued + options_.max_queue_delay;
+  }
+
+  // When the queue as it is becomes ready by time alone.
+  absl::Time ReadyByTimeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    absl::Time at = queue_.front().enqueued + options_.max_queue_delay;
+    if (static_cast<int>(queue_.size()) < regroup_size_) at = std::max(at, regroup_until_);
+    return at;
   }
 
   static void FailQuietly(Task& task, const absl::Status& status) {
@@ -170,21 +201,37 @@ class DynamicBatcher {
   }
 
   void Loop() {
+    bool idle_reported = true;  // nothing to report before the first batch
     while (true) {
+      bool idle = false;
       {
         absl::MutexLock lock(&mutex_);
         auto has_work = [this]() { return stopping_ || !queue_.empty(); };
-        mutex_.Await(absl::Condition(&has_work));
-        if (stopping_ && queue_.empty()) return;
-        if (options_.max_queue_delay > absl::ZeroDuration()) {
-          auto full = [this]() {
-            return stopping_ || static_cast<int>(queue_.size()) >= options_.max_batch;
-          };
-          mutex_.AwaitWithDeadline(absl::Condition(&full), queue_.front().enqueued + options_.max_queue_delay);
+        if (!idle_reported && options_.on_idle) {
+          idle = !mutex_.AwaitWithTimeout(absl::Condition(&has_work), options_.idle_after);
+        } else {
+          mutex_.Await(absl::Condition(&has_work));
+        }
+        if (!idle) {
+          if (stopping_ && queue_.empty()) return;
+          auto ready = [this]() { return ReadyLocked(clock_->Now()); };
+          if (!ready()) mutex_.AwaitWithDeadline(absl::Condition(&ready), ReadyByTimeLocked());
         }
       }
+      if (idle) {
+        idle_reported = true;
+        try {
+          options_.on_idle();
+        } catch (...) {
+          // An idle hook must not end the batcher thread.
+        }
+        continue;
+      }
       auto batch = TakeReadyBatch(clock_->Now());
-      if (!batch.empty()) RunBatch(std::move(batch));
+      if (!batch.empty()) {
+        RunBatch(std::move(batch));
+        idle_reported = false;
+      }
     }
   }
 
@@ -194,6 +241,8 @@ class DynamicBatcher {
   mutable absl::Mutex mutex_;
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  int regroup_size_ ABSL_GUARDED_BY(mutex_) = 0;  // the last batch's size when it was > 1
+  absl::Time regroup_until_ ABSL_GUARDED_BY(mutex_);
   std::thread thread_;
 };
 

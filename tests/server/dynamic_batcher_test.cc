@@ -99,6 +99,45 @@ TEST(DynamicBatcherTest, ADelayIsAnUpperBoundOnTheWaitForABatchToFill) {
   EXPECT_EQ(h.batcher->TakeReadyBatch(h.clock.now).size(), 4u) << "a full batch does not wait";
 }
 
+// After a batch of several the next one waits, briefly, for as many tasks; after a batch of one
+// nothing waits. The engine stand-in takes one second of the fake clock per batch.
+TEST(DynamicBatcherTest, AfterABatchOfSeveralTheNextWaitsBrieflyForAsMany) {
+  FakeClock clock;
+  Answers answers;
+  auto batcher = Batcher::Create(Options(8, 0, 16), [&](Batcher::Batch& batch) {
+                   clock.now += absl::Seconds(1);
+                   for (auto& task : batch) task->Answer(absl::OkStatus());
+                 }, &clock).value();
+  int next_id = 0;
+  auto submit = [&](int count) {
+    for (int i = 0; i < count; ++i) {
+      auto task = std::make_unique<FakeTask>(next_id++, &answers);
+      ASSERT_TRUE(batcher->Submit(&task).ok());
+    }
+  };
+  submit(3);
+  auto batch = batcher->TakeReadyBatch(clock.now);
+  ASSERT_EQ(batch.size(), 3u);
+  batcher->RunBatch(std::move(batch));  // 1 s: the next batch may wait up to 100 ms for 3
+  submit(1);
+  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
+  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now + absl::Milliseconds(99)).empty());
+  submit(2);
+  batch = batcher->TakeReadyBatch(clock.now);
+  EXPECT_EQ(batch.size(), 3u) << "the batch is whole again";
+  batcher->RunBatch(std::move(batch));
+  submit(1);
+  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
+  batch = batcher->TakeReadyBatch(clock.now + absl::Milliseconds(100));
+  ASSERT_EQ(batch.size(), 1u) << "the wait is bounded";
+  batcher->RunBatch(std::move(batch));
+  submit(1);
+  batch = batcher->TakeReadyBatch(clock.now);
+  ASSERT_EQ(batch.size(), 1u) << "after a batch of one nothing waits";
+  batcher->RunBatch(std::move(batch));
+  EXPECT_EQ(answers.size(), 8u);
+}
+
 TEST(DynamicBatcherTest, AFullQueueIsResourceExhaustedAtOnce) {
   Harness h(Options(2, 1000, 3));
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(h.Submit().ok());
@@ -158,6 +197,9 @@ TEST(DynamicBatcherTest, RejectsBadOptions) {
   EXPECT_EQ(Batcher::Create(Options(0, 1, 1), noop).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Batcher::Create(Options(1, 1, 0), noop).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Batcher::Create(Options(1, -1, 1), noop).status().code(), absl::StatusCode::kInvalidArgument);
+  auto regroup = Options(1, 0, 1);
+  regroup.regroup_fraction = 1.5;
+  EXPECT_EQ(Batcher::Create(regroup, noop).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Batcher::Create(Options(1, 1, 1), nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -192,6 +234,38 @@ TEST(DynamicBatcherTest, TheThreadRunsALoneTaskAtOnceAndBatchesWhatArrivesWhileB
   batcher->Stop();
   EXPECT_EQ(sizes, (std::vector<size_t>{1, 4, 2}));
   EXPECT_EQ(answers.size(), 7u);
+}
+
+// The idle hook runs once per quiet spell after work, on the batcher thread, and a throwing hook
+// does not end the thread.
+TEST(DynamicBatcherTest, TheIdleHookRunsOnceAfterEachBurstAndMayThrow) {
+  absl::Mutex mutex;
+  int idles = 0;
+  auto options = Options(4, 0, 16, /*thread=*/true);
+  options.idle_after = absl::Milliseconds(20);
+  options.on_idle = [&] {
+    absl::MutexLock lock(&mutex);
+    ++idles;
+    throw std::runtime_error("hook failed");
+  };
+  Answers answers;
+  auto batcher = Batcher::Create(options, [&](Batcher::Batch& batch) {
+                   for (auto& task : batch) task->Answer(absl::OkStatus());
+                 }).value();
+  auto idle_count = [&](int expected) {
+    absl::MutexLock lock(&mutex);
+    auto reached = [&] { return idles >= expected; };
+    return mutex.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(30)) ? idles : -1;
+  };
+  for (int burst = 1; burst <= 2; ++burst) {
+    auto task = std::make_unique<FakeTask>(burst, &answers);
+    ASSERT_TRUE(batcher->Submit(&task).ok());
+    EXPECT_EQ(idle_count(burst), burst);
+  }
+  absl::SleepFor(absl::Milliseconds(100));  // five more idle periods: no further call
+  EXPECT_EQ(idle_count(2), 2);
+  batcher->Stop();
+  EXPECT_EQ(answers.size(), 2u);
 }
 
 TEST(DynamicBatcherTest, StopRefusesNewTasksAndRunsQueuedOnes) {
