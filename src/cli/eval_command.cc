@@ -50,6 +50,7 @@ constexpr char kUsage[] =
     "         [--tta [--tta-steps N] [--tta-lr X] [--tta-sigma X] [--tta-init text|random] [--seed N]]\n"
     "         [--calibration-dir DIR | --threshold X] [--out DIR] [--vis N] [--resume] [--batch N]\n"
     "         [--vocab FILE] [--device cpu|cuda:N] [--dtype float32|float16|bfloat16] [--threads N]\n"
+    "         [--gemm auto|blas|onednn]\n"
     "  Scores every test image, then writes OUT/metrics.md (also printed), metrics.json, metrics.csv,\n"
     "  report.html and, with --vis N, N overlays per class under OUT/vis/. Per-image results stay in\n"
     "  OUT/results/; --resume continues an interrupted run with the same settings.\n"
@@ -305,7 +306,15 @@ absl::Status RunEval(const EvalRequest& request, int* exit_code) {
       calibrations[set.name] = std::make_shared<const inspection::Calibration>(std::move(calibration));
     }
   }
-  ANOCLIP_ASSIGN_OR_RETURN(auto detector, anomaly::Detector::Create(request.detector));
+  // A resumed run keeps the GEMM library the run began with (`--gemm auto` times the libraries
+  // afresh in each process), so that its scores equal an uninterrupted run's to the last bit.
+  anomaly::DetectorOptions detector_options = request.detector;
+  if (request.resume && detector_options.gemm == "auto") {
+    const auto saved = ReadFileToString((fs::path(request.out) / "run.json").string());
+    const auto json = saved.ok() ? nlohmann::ordered_json::parse(*saved, nullptr, false) : nlohmann::ordered_json();
+    if (json.is_object() && json.contains("gemm") && json["gemm"].is_string()) detector_options.gemm = json["gemm"];
+  }
+  ANOCLIP_ASSIGN_OR_RETURN(auto detector, anomaly::Detector::Create(detector_options));
   for (const auto& [name, calibration] : calibrations) {
     if (calibration->model_id != detector->model_id()) {
       return absl::InvalidArgumentError(absl::StrCat("the calibration of ", name, " was made with model ",
@@ -315,6 +324,7 @@ absl::Status RunEval(const EvalRequest& request, int* exit_code) {
   EvalRequest run = request;
   run.settings["model"] = detector->model_id();
   run.settings["image_size"] = detector->config().vision.image_size;
+  run.settings["gemm"] = detector->gemm_library();
   ANOCLIP_RETURN_IF_ERROR(PrepareOutput(run));
 
   // What is already scored (--resume), and what is left.
