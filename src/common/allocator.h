@@ -7,8 +7,8 @@ namespace anoclip {
 // freed) its own mapping, unmapped again on free; returns a heap's free top above
 // M_TRIM_THRESHOLD to the kernel; and unmaps a thread arena's 64 MiB heap as soon as it is wholly
 // free. A forward's activations (up to 26 MB each at batch 8) then arrive as fresh pages the
-// kernel must fault in and zero, every call: the batch-8 products of a ViT-B ran at 0.6-0.7 of
-// their rate (docs/performance.md). This keeps blocks up to 32 MiB (glibc's largest threshold)
+// kernel must fault in and zero, every call: a ViT-B's largest batch-8 product ran at 0.75 of its
+// rate through OpenBLAS and 0.22 through oneDNN (docs/performance.md). This keeps blocks up to 32 MiB (glibc's largest threshold)
 // in one arena, the main one, and its free memory in the process for the next forward; the peak
 // stays what the work needs, and malloc_trim after loading and after text builds still hands
 // back what those freed.
