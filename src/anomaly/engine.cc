@@ -190,15 +190,15 @@ absl::StatusOr<torch::Dtype> ParsePrecision(const std::string& name, const torch
   return name == "bf16" ? torch::kBFloat16 : torch::kFloat32;
 }
 
-// The option's library, or for "auto" the faster on the vision tower's largest product at batch 1,
-// where the BLAS holds up best against oneDNN (its per-call overhead is smallest there).
-absl::StatusOr<model::GemmLibrary> ChooseGemmLibrary(const std::string& option, const model::OpenClipConfig& config) {
-  if (option == "auto") return model::FasterGemmLibrary(model::LargestVisionGemm(config, 1));
+// The library `--gemm` forces, or none for "auto".
+absl::StatusOr<std::optional<model::GemmLibrary>> ParseGemmOption(const std::string& option) {
+  if (option == "auto") return std::nullopt;
   auto library = model::ParseGemmLibrary(option);
   if (!library.ok() && library.status().code() == absl::StatusCode::kInvalidArgument) {
     return absl::InvalidArgumentError(absl::StrCat("unknown gemm \"", option, "\"; expected auto, blas or onednn"));
   }
-  return library;
+  ANOCLIP_RETURN_IF_ERROR(library.status());
+  return *library;
 }
 
 }  // namespace
@@ -217,7 +217,7 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 0; was ", options.threads));
   }
   at::set_num_threads(IntraOpThreads(options.threads));
-  if (options.gemm != "auto") ANOCLIP_RETURN_IF_ERROR(ChooseGemmLibrary(options.gemm, engine->config).status());
+  ANOCLIP_ASSIGN_OR_RETURN(const auto forced_gemm, ParseGemmOption(options.gemm));
 
   ANOCLIP_ASSIGN_OR_RETURN(const std::string weights_path, io::ModelWeightsPath(options.model_dir));
   const auto identity = Identify(weights_path);
@@ -239,7 +239,10 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
     if (options.precision == "int8") engine->model->visual->transformer->PackInt8();
     engine->model->eval();
     if (engine->device.is_cpu()) {
-      ANOCLIP_ASSIGN_OR_RETURN(engine->gemm_library, ChooseGemmLibrary(options.gemm, engine->config));
+      // "auto" times the vision tower's largest product at batch 1, where the BLAS does best
+      // against oneDNN (oneDNN's input and output copies weigh most there).
+      engine->gemm_library = forced_gemm ? *forced_gemm
+                                         : model::FasterGemmLibrary(model::LargestVisionGemm(engine->config, 1));
       model::SetGemmLibrary(engine->gemm_library);
     }
   } catch (const c10::Error& error) {

@@ -43,11 +43,14 @@ struct OneDnnProduct : torch::autograd::Function<OneDnnProduct> {
   }
 };
 
+// oneDNN takes the float32 CPU products; everything else stays on libtorch's own path.
+bool OnOneDnn(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight) {
+  return library == GemmLibrary::kOneDnn && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         weight.scalar_type() == at::kFloat;
+}
+
 at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (library == GemmLibrary::kOneDnn && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
-      weight.scalar_type() == at::kFloat && !at::GradMode::is_enabled()) {
-    return OneDnnLinear(x, weight, bias);
-  }
+  if (OnOneDnn(library, x, weight) && !at::GradMode::is_enabled()) return OneDnnLinear(x, weight, bias);
   return at::linear(x, weight, bias);
 }
 
@@ -88,10 +91,7 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight) {
-  if (selected.load(std::memory_order_relaxed) == GemmLibrary::kOneDnn && x.device().is_cpu() &&
-      x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat) {
-    return OneDnnProduct::apply(x, weight);
-  }
+  if (OnOneDnn(selected.load(std::memory_order_relaxed), x, weight)) return OneDnnProduct::apply(x, weight);
   return at::linear(x, weight);
 }
 
