@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "common/blas_info.h"
+#include "model/onednn_ops.h"
 
 namespace anoclip::cli {
 namespace {
@@ -24,10 +25,6 @@ GemmRate::GemmRate(const model::GemmShape& shape) : shape_(shape) {
   input_ = torch::randn({shape.m, shape.k});
   weight_ = torch::randn({shape.n, shape.k});
   output_ = torch::empty({shape.m, shape.n});
-  if (at::hasMKLDNN()) {
-    onednn_input_ = input_.to_mkldnn();
-    onednn_weight_ = weight_.to_mkldnn();
-  }
 }
 
 double GemmRate::BlasGflops(int reps) const {
@@ -42,10 +39,13 @@ double GemmRate::BlasGflops(int reps) const {
   });
 }
 
-double GemmRate::OneDnnGflops(int reps) const {
-  if (!onednn_input_.defined()) return 0;
+double GemmRate::OneDnnSgemmGflops(int reps) const {
+  return Gflops(shape_, reps, [&] { model::onednn::Sgemm(input_, weight_, output_); });
+}
+
+double GemmRate::OneDnnMatmulGflops(int reps) const {
   torch::NoGradGuard no_grad;
-  return Gflops(shape_, reps, [&] { (void)at::mkldnn_linear(onednn_input_, onednn_weight_, {}); });
+  return Gflops(shape_, reps, [&] { (void)model::onednn::Linear(input_, weight_, {}, {}); });
 }
 
 std::string GemmRate::BlasName() {

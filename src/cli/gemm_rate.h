@@ -1,6 +1,7 @@
 // The machine's matrix-product rate on one shape, for reading a forward's FLOP rate as a
 // fraction of what the libraries reach: the BLAS libtorch runs on (OpenBLAS, with the kernels
-// the environment selects) and oneDNN (built into libtorch), each timed on its own operands.
+// the environment selects), oneDNN's BLAS-style sgemm, and oneDNN's matmul primitive reading
+// the weight in place (the kernel model::Linear runs), all on the same operands.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,15 +19,15 @@ class GemmRate {
 
   // GFLOP/s of one product (repeated `reps` times, averaged); 0 when the library is absent.
   double BlasGflops(int reps) const;
-  double OneDnnGflops(int reps) const;
+  double OneDnnSgemmGflops(int reps) const;
+  double OneDnnMatmulGflops(int reps) const;
 
   // The BLAS's short name: "openblas", else the library file's name.
   static std::string BlasName();
 
  private:
   model::GemmShape shape_;
-  at::Tensor input_, weight_, output_;         // dense, for the BLAS
-  at::Tensor onednn_input_, onednn_weight_;    // oneDNN's own layout, converted once
+  at::Tensor input_, weight_, output_;
 };
 
 }  // namespace anoclip::cli

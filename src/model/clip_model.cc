@@ -63,23 +63,23 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
     if (last && !request.plain_patches) {
       // Only the image token's original-path output is read after the last block.
       auto v = block->attn->ProjectValue(y);
-      if (vv.defined()) vv = vv + block->attn->Attend(v, v, v);
+      if (vv.defined()) vv = block->attn->Attend(v, v, v, {}, vv);
       auto h = z.narrow(1, 0, 1) + block->attn->AttendFromFirstToken(y, v);
-      z = h + block->mlp->forward(block->ln_2->forward(h));
+      z = block->mlp->forward(block->ln_2->forward(h), h);
       break;
     }
     auto [q, k, v] = block->attn->Project(y);
     at::Tensor h;
     if (vv.defined()) {
-      // Both attentions in one parallel loop and one out_proj: at batch 1 the per-head matmuls
-      // are small, and together they keep the cores busy.
-      auto both = block->attn->Attend({{q, k, v}, {v, v, v}});
-      h = z + both.narrow(0, 0, batch);
-      vv = vv + both.narrow(0, batch, batch);
+      // Both attentions' heads in one parallel loop: at batch 1 the per-head matmuls are small,
+      // and together they keep the cores busy.
+      auto both = block->attn->Attend({{q, k, v, z}, {v, v, v, vv}});
+      h = both[0];
+      vv = both[1];
     } else {
-      h = z + block->attn->Attend(q, k, v);
+      h = block->attn->Attend(q, k, v, {}, z);
     }
-    z = h + block->mlp->forward(block->ln_2->forward(h));
+    z = block->mlp->forward(block->ln_2->forward(h), h);
   }
 
   VisionOutput out;

@@ -8,37 +8,27 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "model/onednn_ops.h"
 
 namespace anoclip::model {
 namespace {
 
 std::atomic<GemmLibrary> selected{GemmLibrary::kBlas};
 
-// oneDNN's inner product takes its input in oneDNN's tensor type (a copy of the rows, cheap next
-// to the product) and reads the dense weight and bias in place.
-at::Tensor OneDnnLinear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  auto sizes = x.sizes().vec();
-  auto rows = x.reshape({-1, sizes.back()}).contiguous().to_mkldnn();
-  auto y = at::mkldnn_linear(rows, weight.contiguous(),
-                             bias.defined() ? c10::optional<at::Tensor>(bias.contiguous()) : c10::nullopt)
-               .to_dense();
-  sizes.back() = weight.size(0);
-  return y.view(sizes);
-}
-
 // y = x·wᵀ for autograd: dx = dy·w and dw = dyᵀ·x, each again a oneDNN product.
 struct OneDnnProduct : torch::autograd::Function<OneDnnProduct> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight) {
     ctx->save_for_backward({x, weight});
-    return OneDnnLinear(x, weight, {});
+    return onednn::Linear(x, weight, {}, {});
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &weight = saved[1], &dy = grads[0];
     at::Tensor dx, dweight;
-    if (ctx->needs_input_grad(0)) dx = OneDnnLinear(dy, weight.t().contiguous(), {});
-    if (ctx->needs_input_grad(1)) dweight = OneDnnLinear(dy.t().contiguous(), x.t().contiguous(), {});
+    // The transposes are views: oneDNN reads them through their strides.
+    if (ctx->needs_input_grad(0)) dx = onednn::Linear(dy, weight.t(), {}, {});
+    if (ctx->needs_input_grad(1)) dweight = onednn::Linear(dy.t(), x.t(), {}, {});
     return {dx, dweight};
   }
 };
@@ -49,9 +39,10 @@ bool OnOneDnn(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight
          weight.scalar_type() == at::kFloat;
 }
 
-at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (OnOneDnn(library, x, weight) && !at::GradMode::is_enabled()) return OneDnnLinear(x, weight, bias);
-  return at::linear(x, weight, bias);
+at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                      const Epilogue& epilogue) {
+  if (OnOneDnn(library, x, weight) && !at::GradMode::is_enabled()) return onednn::Linear(x, weight, bias, epilogue);
+  return ApplyEpilogue(at::linear(x, weight, bias), epilogue);
 }
 
 }  // namespace
@@ -78,7 +69,7 @@ GemmLibrary FasterGemmLibrary(const GemmShape& shape) {
   for (int run = -2; run < 3; ++run) {
     for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
       const auto start = std::chrono::steady_clock::now();
-      (void)LinearWith(library, x, weight, bias);
+      (void)LinearWith(library, x, weight, bias, {});
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (run >= 0) fastest[static_cast<int>(library)] = std::min(fastest[static_cast<int>(library)], seconds);
     }
@@ -86,8 +77,21 @@ GemmLibrary FasterGemmLibrary(const GemmShape& shape) {
   return fastest[1] < fastest[0] ? GemmLibrary::kOneDnn : GemmLibrary::kBlas;
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias);
+at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue) {
+  switch (epilogue.activation) {
+    case Activation::kNone: break;
+    case Activation::kGelu: y = at::gelu(y); break;
+    case Activation::kQuickGelu: y = y * at::sigmoid(1.702 * y); break;
+  }
+  return epilogue.residual.defined() ? epilogue.residual + y : y;
+}
+
+bool OnOneDnn(const at::Tensor& x) {
+  return OnOneDnn(selected.load(std::memory_order_relaxed), x, x) && !at::GradMode::is_enabled();
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
+  return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias, epilogue);
 }
 
 at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight) {

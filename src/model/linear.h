@@ -29,10 +29,26 @@ GemmLibrary CurrentGemmLibrary();
 // where libtorch has no oneDNN). Ten products: about 0.1 s for a ViT-B, first calls included.
 GemmLibrary FasterGemmLibrary(const GemmShape& shape);
 
-// x [..., in] · weightᵀ + bias -> [..., out]. Through oneDNN when it is selected and x is a
-// float32 CPU tensor outside autograd; everything else is libtorch's linear (the BLAS, or
-// oneDNN's own bfloat16 path).
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+enum class Activation { kNone, kGelu, kQuickGelu };  // kQuickGelu: x·sigmoid(1.702·x)
+
+// What a layer applies to its product: the activation, then the residual added (same shape as
+// the output). oneDNN applies both while it writes the output; elsewhere they are libtorch ops.
+struct Epilogue {
+  Activation activation = Activation::kNone;
+  at::Tensor residual;
+};
+
+// `epilogue` applied to y with libtorch's ops.
+at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue);
+
+// Whether oneDNN is selected and takes x's products: float32 on the CPU, outside autograd.
+bool OnOneDnn(const at::Tensor& x);
+
+// x [..., in] · weightᵀ + bias -> [..., out], then `epilogue`. Through oneDNN's matmul primitive
+// when OnOneDnn(x); everything else is libtorch's linear (the BLAS, or oneDNN's own bfloat16
+// path).
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                  const Epilogue& epilogue = {});
 
 // x [M,in] · weightᵀ ([out,in]) -> [M,out], differentiable in both (the TTA adapter's products,
 // which train under autograd): through oneDNN when it is selected and x is float32 on the CPU,

@@ -6,6 +6,7 @@
 
 #include "common/blas_info.h"
 #include "model/linear.h"
+#include "model/onednn_ops.h"
 
 namespace anoclip::model {
 namespace {
@@ -53,9 +54,10 @@ void AttentionImpl::PackInt8() {
   out_proj_int8 = Int8Linear::Pack(out_proj->weight, out_proj->bias);
 }
 
-at::Tensor AttentionImpl::OutProject(const at::Tensor& merged) const {
-  if (out_proj_int8.packed()) return out_proj_int8(merged);
-  return Linear(merged, out_proj->weight, out_proj->bias);
+at::Tensor AttentionImpl::OutProject(const at::Tensor& merged, const at::Tensor& residual) const {
+  const Epilogue epilogue{Activation::kNone, residual};
+  if (out_proj_int8.packed()) return ApplyEpilogue(out_proj_int8(merged), epilogue);
+  return Linear(merged, out_proj->weight, out_proj->bias, epilogue);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::Tensor& y) const {
@@ -88,16 +90,22 @@ at::Tensor AttentionImpl::AttendFromFirstToken(const at::Tensor& y, const at::Te
 }
 
 at::Tensor AttentionImpl::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const at::Tensor& mask) const {
-  return Attend({Inputs{q, k, v}}, mask);
+                                 const at::Tensor& mask, const at::Tensor& residual) const {
+  return Attend({Inputs{q, k, v, residual}}, mask)[0];
 }
 
-at::Tensor AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
-  return OutProject(MergedHeads(sets, mask));
+std::vector<at::Tensor> AttentionImpl::Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
+  const auto merged = MergedHeads(sets, mask);
+  const int64_t batch = sets.begin()->q.size(0);
+  std::vector<at::Tensor> outputs;
+  for (const Inputs& set : sets) {
+    outputs.push_back(OutProject(merged.narrow(0, static_cast<int64_t>(outputs.size()) * batch, batch), set.residual));
+  }
+  return outputs;
 }
 
 at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& paths, const at::Tensor& owners,
-                                     const at::Tensor& mask) const {
+                                     const at::Tensor& mask, const at::Tensor& residual) const {
   const int64_t prompts = paths.size(0), length = paths.size(1);
   // The projections run once per node; only the small per-head products run per prompt, on its
   // path's rows gathered from the nodes.
@@ -107,7 +115,7 @@ at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& path
                               SplitHeads(rows[2], heads, head_dim)}},
                             mask);  // [R,L,C]
   merged = merged.view({prompts * length, width}).index_select(0, owners);
-  return Linear(merged, out_proj->weight, out_proj->bias);
+  return Linear(merged, out_proj->weight, out_proj->bias, {Activation::kNone, residual});
 }
 
 at::Tensor AttentionImpl::MergedHeads(std::initializer_list<Inputs> sets, const at::Tensor& mask) const {
@@ -118,7 +126,13 @@ at::Tensor AttentionImpl::MergedHeads(std::initializer_list<Inputs> sets, const 
   const auto options = inputs[0].q.options();
   at::Tensor merged;  // [n·B,Lq,C], heads side by side as out_proj expects
   const SgemmFunction sgemm = BlasSgemm();
-  if (torch::GradMode::is_enabled() || !options.device().is_cpu() || options.dtype() != at::kFloat ||
+  if (OnOneDnn(inputs[0].q)) {
+    merged = at::empty({total, queries, width}, options);
+    for (size_t set = 0; set < inputs.size(); ++set) {
+      const auto& in = inputs[set];
+      onednn::AttendInto(in.q, in.k, in.v, mask, scale, merged.narrow(0, static_cast<int64_t>(set) * batch, batch));
+    }
+  } else if (torch::GradMode::is_enabled() || !options.device().is_cpu() || options.dtype() != at::kFloat ||
       sgemm == nullptr) {
     std::vector<at::Tensor> outputs;
     for (const auto& set : inputs) {
@@ -173,10 +187,12 @@ void MlpImpl::PackInt8() {
   c_proj_int8 = Int8Linear::Pack(c_proj->weight, c_proj->bias);
 }
 
-at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  auto h = c_fc_int8.packed() ? c_fc_int8(x) : Linear(x, c_fc->weight, c_fc->bias);
-  h = quick_gelu ? h * torch::sigmoid(1.702 * h) : torch::gelu(h);
-  return c_proj_int8.packed() ? c_proj_int8(h) : Linear(h, c_proj->weight, c_proj->bias);
+at::Tensor MlpImpl::forward(const at::Tensor& x, const at::Tensor& residual) {
+  const Epilogue activation{quick_gelu ? Activation::kQuickGelu : Activation::kGelu, {}};
+  const Epilogue add_residual{Activation::kNone, residual};
+  auto h = c_fc_int8.packed() ? ApplyEpilogue(c_fc_int8(x), activation) : Linear(x, c_fc->weight, c_fc->bias, activation);
+  return c_proj_int8.packed() ? ApplyEpilogue(c_proj_int8(h), add_residual)
+                              : Linear(h, c_proj->weight, c_proj->bias, add_residual);
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden,
@@ -190,14 +206,14 @@ ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t he
 
 at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
   auto [q, k, v] = attn->Project(ln_1->forward(x));
-  auto h = x + attn->Attend(q, k, v, mask);
-  return h + mlp->forward(ln_2->forward(h));
+  auto h = attn->Attend(q, k, v, mask, x);
+  return mlp->forward(ln_2->forward(h), h);
 }
 
 at::Tensor ResidualAttentionBlockImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths,
                                                    const at::Tensor& owners, const at::Tensor& mask) {
-  auto h = x + attn->AttendTree(ln_1->forward(x), paths, owners, mask);
-  return h + mlp->forward(ln_2->forward(h));
+  auto h = attn->AttendTree(ln_1->forward(x), paths, owners, mask, x);
+  return mlp->forward(ln_2->forward(h), h);
 }
 
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden,

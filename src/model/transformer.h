@@ -35,23 +35,26 @@ struct AttentionImpl : torch::nn::Module {
   // The first token's attention output over all tokens of Y, out_proj applied: [B,1,C]. Its
   // query is folded into the key projection, so the keys are never computed.
   at::Tensor AttendFromFirstToken(const at::Tensor& y, const at::Tensor& v) const;
-  // softmax(q kᵀ/√d [+ mask]) v, heads merged and out_proj applied: [B,Lq,C].
-  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    const at::Tensor& mask = {}) const;
-  // The same for several sets of per-head [B,h,L,d] inputs of one shape, in one parallel loop and
-  // one out_proj: [n·B,Lq,C], set after set.
+  // softmax(q kᵀ/√d [+ mask]) v, heads merged and out_proj applied, plus `residual` where
+  // given: [B,Lq,C].
+  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask = {},
+                    const at::Tensor& residual = {}) const;
+  // The same for several sets of per-head [B,h,L,d] inputs of one shape, their heads in one
+  // parallel loop: one [B,Lq,C] output per set, each with its own residual where given.
   struct Inputs {
     at::Tensor q, k, v;
+    at::Tensor residual;
   };
-  at::Tensor Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask = {}) const;
+  std::vector<at::Tensor> Attend(std::initializer_list<Inputs> sets, const at::Tensor& mask = {}) const;
   // The same before out_proj: the heads' outputs side by side, [n·B,Lq,C].
   at::Tensor MergedHeads(std::initializer_list<Inputs> sets, const at::Tensor& mask = {}) const;
   // Attention over the nodes of a prefix tree (TextPrefixTree in clip_model.h), out_proj applied:
   // y [N,C] holds one row per node; `paths` [R,L] the nodes of each prompt, position by position;
   // `owners` [N] for each node one (prompt·L + position) that reaches it; `mask` [L,L] causal.
-  // Each prompt attends over its own path, and each node takes the output of its owner. [N,C].
+  // Each prompt attends over its own path, and each node takes the output of its owner; plus
+  // `residual` [N,C]. [N,C].
   at::Tensor AttendTree(const at::Tensor& y, const at::Tensor& paths, const at::Tensor& owners,
-                        const at::Tensor& mask) const;
+                        const at::Tensor& mask, const at::Tensor& residual) const;
 
   // Packs the projections for int8 products (--precision int8); float32 stays the reference.
   void PackInt8();
@@ -62,13 +65,14 @@ struct AttentionImpl : torch::nn::Module {
   Int8Linear in_proj_int8, value_int8, out_proj_int8;  // packed only under --precision int8
 
  private:
-  at::Tensor OutProject(const at::Tensor& merged) const;
+  at::Tensor OutProject(const at::Tensor& merged, const at::Tensor& residual = {}) const;
 };
 TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
   MlpImpl(int64_t width, int64_t hidden, bool quick_gelu, ParameterInit init = ParameterInit::kRandom);
-  at::Tensor forward(const at::Tensor& x);
+  // c_proj(act(c_fc x)), plus `residual` where given.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {});
   void PackInt8();
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
   Int8Linear c_fc_int8, c_proj_int8;

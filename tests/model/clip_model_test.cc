@@ -170,36 +170,6 @@ TEST_F(ClipModelTest, LocalAwareOnlyForwardGivesTheSameTokensAsTheFullForward) {
   EXPECT_EQ(full.plain_patches.sizes(), (std::vector<int64_t>{2, 100, 32}));
 }
 
-// The inference path (per-head BLAS calls on both cores, in place) against the autograd path
-// (batched matmuls), with a causal mask, several sets at once and more than one image.
-TEST(AttentionTest, InferencePathEqualsAutogradPath) {
-  torch::manual_seed(3);
-  Attention attention(/*width=*/64, /*heads=*/4);
-  auto y = torch::randn({3, 17, 64});
-  auto mask = torch::full({17, 17}, -std::numeric_limits<float>::infinity()).triu(1);
-  at::Tensor fast_plain, fast_masked, fast_sets, slow_plain, slow_masked, slow_sets;
-  {
-    torch::NoGradGuard no_grad;
-    auto [q, k, v] = attention->Project(y);
-    fast_plain = attention->Attend(q, k, v);
-    fast_masked = attention->Attend(q, k, v, mask);
-    fast_sets = attention->Attend({{q, k, v}, {v, v, v}});
-  }
-  {
-    torch::AutoGradMode grad(true);
-    auto [q, k, v] = attention->Project(y);
-    slow_plain = attention->Attend(q, k, v).detach();
-    slow_masked = attention->Attend(q, k, v, mask).detach();
-    slow_sets = attention->Attend({{q, k, v}, {v, v, v}}).detach();
-  }
-  ASSERT_EQ(fast_sets.sizes(), (std::vector<int64_t>{6, 17, 64}));
-  EXPECT_TRUE(torch::allclose(fast_plain, slow_plain, 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(fast_masked, slow_masked, 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(fast_sets, slow_sets, 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(fast_sets.narrow(0, 0, 3), fast_plain, 1e-6, 1e-6));
-  EXPECT_FALSE(torch::allclose(fast_masked, fast_plain, 1e-3, 1e-3));
-}
-
 // Sets the process's GEMM library for one test and puts the previous one back.
 class GemmLibraryScope {
  public:
@@ -209,6 +179,52 @@ class GemmLibraryScope {
  private:
   GemmLibrary previous_;
 };
+
+// The inference paths (per-head BLAS calls on both cores, or oneDNN's batched matmuls over all
+// heads, both reading the projection in place) against the autograd path (libtorch's matmuls),
+// with a causal mask, residuals, several sets at once and more than one image.
+class AttentionTest : public ::testing::TestWithParam<GemmLibrary> {};
+
+TEST_P(AttentionTest, InferencePathEqualsAutogradPath) {
+  if (!ParseGemmLibrary(GemmLibraryName(GetParam())).ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  const GemmLibraryScope library(GetParam());
+  torch::manual_seed(3);
+  Attention attention(/*width=*/64, /*heads=*/4);
+  auto y = torch::randn({3, 17, 64});
+  auto residual = torch::randn({3, 17, 64});
+  auto mask = torch::full({17, 17}, -std::numeric_limits<float>::infinity()).triu(1);
+  at::Tensor fast_plain, fast_masked, slow_plain, slow_masked;
+  std::vector<at::Tensor> fast_sets, slow_sets;
+  {
+    torch::NoGradGuard no_grad;
+    auto [q, k, v] = attention->Project(y);
+    fast_plain = attention->Attend(q, k, v);
+    fast_masked = attention->Attend(q, k, v, mask);
+    fast_sets = attention->Attend({{q, k, v}, {v, v, v, residual}});
+  }
+  {
+    torch::AutoGradMode grad(true);
+    auto [q, k, v] = attention->Project(y);
+    slow_plain = attention->Attend(q, k, v).detach();
+    slow_masked = attention->Attend(q, k, v, mask).detach();
+    slow_sets = attention->Attend({{q, k, v}, {v, v, v, residual}});
+  }
+  ASSERT_EQ(fast_sets.size(), 2u);
+  EXPECT_EQ(fast_sets[1].sizes(), (std::vector<int64_t>{3, 17, 64}));
+  EXPECT_TRUE(torch::allclose(fast_plain, slow_plain, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_masked, slow_masked, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_sets[0], slow_sets[0].detach(), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_sets[1], slow_sets[1].detach(), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(fast_sets[0], fast_plain, 1e-6, 1e-6));
+  EXPECT_FALSE(torch::allclose(fast_masked, fast_plain, 1e-3, 1e-3));
+  // The residual is added to the value-value set alone.
+  EXPECT_FALSE(torch::allclose(fast_sets[1] - residual, fast_sets[0], 1e-3, 1e-3));
+}
+
+INSTANTIATE_TEST_SUITE_P(BothLibraries, AttentionTest, ::testing::Values(GemmLibrary::kBlas, GemmLibrary::kOneDnn),
+                         [](const ::testing::TestParamInfo<GemmLibrary>& info) {
+                           return std::string(GemmLibraryName(info.param));
+                         });
 
 TEST(LinearTest, OneDnnAndBlasAgreeOnBatchedRowsWithAndWithoutBias) {
   if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
@@ -228,6 +244,53 @@ TEST(LinearTest, OneDnnAndBlasAgreeOnBatchedRowsWithAndWithoutBias) {
     wide.narrow(2, 10, 40).copy_(x);
     EXPECT_TRUE(torch::allclose(Linear(wide.narrow(2, 10, 40), weight, bias), expected, 1e-5, 1e-5));
   }
+}
+
+// The activation and residual that oneDNN applies while writing the output, against libtorch's
+// own ops after its linear.
+TEST(LinearTest, EpiloguesMatchLibtorchsOps) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  torch::manual_seed(6);
+  torch::NoGradGuard no_grad;
+  auto x = torch::randn({2, 9, 32}), weight = torch::randn({48, 32}) * 0.2, bias = torch::randn({48});
+  auto residual = torch::randn({2, 9, 48});
+  const auto product = at::linear(x, weight, bias);
+  const std::pair<Activation, at::Tensor> expected[] = {
+      {Activation::kGelu, torch::gelu(product)},
+      {Activation::kQuickGelu, product * torch::sigmoid(1.702 * product)},
+      {Activation::kNone, product + residual}};
+  for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
+    GemmLibraryScope scope(library);
+    for (const auto& [activation, want] : expected) {
+      const Epilogue epilogue{activation, activation == Activation::kNone ? residual : at::Tensor()};
+      EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, epilogue), want, 1e-5, 1e-5))
+          << GemmLibraryName(library) << " activation " << static_cast<int>(activation);
+    }
+    // A residual that is a strided view (every other row of a longer sequence) is read in place.
+    auto longer = torch::randn({2, 18, 48});
+    longer.slice(1, 0, 18, 2).copy_(residual);
+    EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, {Activation::kNone, longer.slice(1, 0, 18, 2)}),
+                                product + residual, 1e-5, 1e-5))
+        << GemmLibraryName(library);
+  }
+}
+
+// TrainableLinear's gradients through oneDNN (transposes read as strided views) against libtorch's.
+TEST(LinearTest, TrainableLinearGradientsMatchLibtorch) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  torch::manual_seed(8);
+  auto x = torch::randn({7, 12}), weight = torch::randn({5, 12}), upstream = torch::randn({7, 5});
+  at::Tensor gradients[2][2];
+  for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
+    GemmLibraryScope scope(library);
+    auto xi = x.clone().requires_grad_(), wi = weight.clone().requires_grad_();
+    (TrainableLinear(xi, wi) * upstream).sum().backward();
+    gradients[static_cast<int>(library)][0] = xi.grad();
+    gradients[static_cast<int>(library)][1] = wi.grad();
+  }
+  EXPECT_TRUE(torch::allclose(gradients[0][0], gradients[1][0], 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(gradients[0][1], gradients[1][1], 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(gradients[0][1], upstream.t().mm(x), 1e-4, 1e-4));
 }
 
 TEST(LinearTest, AutogradAndOtherDtypesStayOnLibtorchsPath) {

@@ -1,0 +1,162 @@
+#include "model/onednn_ops.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <dnnl.hpp>
+
+#include <algorithm>
+#include <unordered_map>
+
+namespace anoclip::model::onednn {
+namespace {
+
+using dnnl::memory;
+
+const dnnl::engine& Engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// oneDNN runs on libtorch's OpenMP threads: a thread that has not run a libtorch parallel
+// region yet still has OpenMP's default thread count, so set libtorch's first.
+dnnl::stream& Stream() {
+  at::internal::lazy_init_num_threads();
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+memory::desc Describe(const at::Tensor& t, memory::dims dims, memory::dims strides) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), "oneDNN products take float32 CPU tensors");
+  return memory::desc(dims, memory::data_type::f32, strides);
+}
+
+// The tensor as [rows, columns] with unit column stride, viewing it where it can.
+at::Tensor Rows(const at::Tensor& t, int64_t columns) {
+  auto rows = t.reshape({-1, columns});
+  return rows.stride(1) == 1 ? rows : rows.contiguous();
+}
+
+memory Bind(const memory::desc& desc, const at::Tensor& t) {
+  return memory(desc, Engine(), const_cast<void*>(t.data_ptr()));
+}
+
+}  // namespace
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
+  const int64_t in = weight.size(1), out = weight.size(0);
+  TORCH_CHECK(x.size(-1) == in, "linear input has ", x.size(-1), " features, weight expects ", in);
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  auto y = at::empty(sizes, x.options());
+  const auto rows = Rows(x, in);
+  const int64_t m = rows.size(0);
+  if (m == 0 || out == 0) return y;
+
+  const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
+  // The weight [out,in] read as the [in,out] matrix the product needs.
+  const auto weights = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
+  const auto dst = Describe(y, {m, out}, {out, 1});
+  memory::desc bias_desc;
+  if (bias.defined()) bias_desc = Describe(bias, {1, out}, {out, bias.stride(0)});
+
+  dnnl::post_ops post_ops;
+  switch (epilogue.activation) {
+    case Activation::kNone: break;
+    case Activation::kGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f); break;
+    // x·sigmoid(1.702·x) is oneDNN's swish with alpha 1.702.
+    case Activation::kQuickGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.702f, 0.0f); break;
+  }
+  at::Tensor residual;
+  memory::desc residual_desc;
+  if (epilogue.residual.defined()) {
+    TORCH_CHECK(epilogue.residual.numel() == m * out, "residual has ", epilogue.residual.numel(),
+                " elements, the product ", m * out);
+    residual = Rows(epilogue.residual, out);
+    residual_desc = Describe(residual, {m, out}, {residual.stride(0), 1});
+    post_ops.append_binary(dnnl::algorithm::binary_add, residual_desc);
+  }
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(post_ops);
+
+  // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
+  const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Bind(src, rows)},
+                                       {DNNL_ARG_WEIGHTS, Bind(weights, weight)},
+                                       {DNNL_ARG_DST, Bind(dst, y)}};
+  if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
+  if (residual.defined()) {
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(residual_desc, residual));
+  }
+  dnnl::matmul(plan).execute(Stream(), args);
+  return y;
+}
+
+void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous() && y.is_contiguous(), "Sgemm takes contiguous operands");
+  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  at::internal::lazy_init_num_threads();
+  const dnnl_status_t status = dnnl_sgemm('N', 'T', m, n, k, 1.0f, x.data_ptr<float>(), k, weight.data_ptr<float>(), k,
+                                          0.0f, y.data_ptr<float>(), n);
+  TORCH_CHECK(status == dnnl_success, "dnnl_sgemm failed with status ", static_cast<int>(status));
+}
+
+void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
+                const at::Tensor& out) {
+  const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), keys = k.size(2), depth = q.size(3);
+  TORCH_CHECK(out.size(0) == batch && out.size(1) == queries && out.size(2) == heads * depth && out.stride(2) == 1,
+              "attention output must be [B,Lq,h·d] with contiguous rows");
+  if (batch == 0 || queries == 0) return;
+  // Images in chunks whose scores fit in the cache (a ViT-B/16's are 2.9 MB per image): the
+  // softmax and the second product then read them from the cache rather than from memory.
+  constexpr int64_t kScoreBytesPerChunk = 4 << 20;
+  const int64_t chunk = std::clamp<int64_t>(kScoreBytesPerChunk / (heads * queries * keys * 4), 1, batch);
+  auto scores = at::empty({chunk, heads, queries, keys}, q.options());
+
+  const auto query = Describe(q, {chunk, heads, queries, depth}, {q.stride(0), q.stride(1), q.stride(2), q.stride(3)});
+  // k read as kᵀ [d,Lk] per head.
+  const auto key = Describe(k, {chunk, heads, depth, keys}, {k.stride(0), k.stride(1), k.stride(3), k.stride(2)});
+  const auto value = Describe(v, {chunk, heads, keys, depth}, {v.stride(0), v.stride(1), v.stride(2), v.stride(3)});
+  const auto score = Describe(scores, {chunk, heads, queries, keys}, {heads * queries * keys, queries * keys, keys, 1});
+  const auto merged = Describe(out, {chunk, heads, queries, depth}, {out.stride(0), depth, out.stride(1), 1});
+
+  dnnl::primitive_attr score_attr;
+  score_attr.set_output_scales(0, {scale});  // applied before the mask is added
+  at::Tensor mask_rows;
+  memory::desc mask_desc;
+  if (mask.defined()) {
+    mask_rows = mask.to(at::kFloat).expand({queries, keys}).contiguous();
+    mask_desc = Describe(mask_rows, {1, 1, queries, keys}, {queries * keys, queries * keys, keys, 1});
+    dnnl::post_ops post_ops;
+    post_ops.append_binary(dnnl::algorithm::binary_add, mask_desc);
+    score_attr.set_post_ops(post_ops);
+  }
+  const dnnl::matmul score_product(dnnl::matmul::primitive_desc(dnnl::matmul::desc(query, key, score), score_attr, Engine()));
+  const dnnl::softmax_forward softmax(dnnl::softmax_forward::primitive_desc(
+      dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, score, 3), Engine()));
+  const dnnl::matmul output_product(dnnl::matmul::primitive_desc(dnnl::matmul::desc(score, value, merged), Engine()));
+
+  dnnl::stream& stream = Stream();
+  const memory score_memory = Bind(score, scores);
+  for (int64_t first = 0; first < batch; first += chunk) {
+    const int64_t images = std::min(chunk, batch - first);
+    if (images < chunk) {  // the last, shorter chunk: the same work on fewer images
+      AttendInto(q.narrow(0, first, images), k.narrow(0, first, images), v.narrow(0, first, images), mask, scale,
+                 out.narrow(0, first, images));
+      break;
+    }
+    std::unordered_map<int, memory> score_args{{DNNL_ARG_SRC, Bind(query, q[first])},
+                                               {DNNL_ARG_WEIGHTS, Bind(key, k[first])},
+                                               {DNNL_ARG_DST, score_memory}};
+    if (mask_rows.defined()) {
+      score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, Bind(mask_desc, mask_rows));
+    }
+    score_product.execute(stream, score_args);
+    softmax.execute(stream, {{DNNL_ARG_SRC, score_memory}, {DNNL_ARG_DST, score_memory}});
+    output_product.execute(stream, {{DNNL_ARG_SRC, score_memory},
+                                    {DNNL_ARG_WEIGHTS, Bind(value, v[first])},
+                                    {DNNL_ARG_DST, Bind(merged, out[first])}});
+  }
+}
+
+}  // namespace anoclip::model::onednn

@@ -1,0 +1,30 @@
+// Float32 products straight through oneDNN's primitives (the same libdnnl that libtorch runs on),
+// reading and writing libtorch's tensors in place. libtorch's own oneDNN linear copies its input
+// into oneDNN's tensor type and its output back, and runs bias, activation and residual as
+// separate passes over memory; here the matmul primitive reads strided rows and weights as they
+// lie and applies bias, GELU and the residual add while the output is still in cache. The
+// attention runs as two batched matmuls and a softmax over all heads at once. See
+// docs/performance.md.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "model/linear.h"
+
+namespace anoclip::model::onednn {
+
+// x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 CPU tensors.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue);
+
+// y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the
+// bench's reference rate for oneDNN next to the matmul primitive that Linear runs.
+void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);
+
+// Per head, softmax(scale · q·kᵀ + mask)·v, written into `out` [B,Lq,h·d] with the heads side by
+// side. q [B,h,Lq,d], k and v [B,h,Lk,d]: float32 CPU views with any strides (the projection's
+// output, split into heads, is read in place); mask [Lq,Lk], added to the scaled scores, or
+// undefined.
+void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
+                const at::Tensor& out);
+
+}  // namespace anoclip::model::onednn
