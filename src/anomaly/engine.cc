@@ -239,11 +239,15 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
     if (options.precision == "int8") engine->model->visual->transformer->PackInt8();
     engine->model->eval();
     if (engine->device.is_cpu()) {
-      // "auto" times the vision tower's largest product at batch 1, where the BLAS does best
-      // against oneDNN (oneDNN's input and output copies weigh most there).
+      // "auto" times the vision tower's largest product at batch 1, a lone request's.
       engine->gemm_library = forced_gemm ? *forced_gemm
                                          : model::FasterGemmLibrary(model::LargestVisionGemm(engine->config, 1));
       model::SetGemmLibrary(engine->gemm_library);
+      // The vision tower's float32 weights in oneDNN's own layout, in place (no memory added).
+      if (engine->gemm_library == model::GemmLibrary::kOneDnn && engine->vision_dtype == torch::kFloat32 &&
+          options.precision == "fp32") {
+        engine->model->visual->transformer->PackForOneDnn();
+      }
     }
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("loading the model failed: ", error.what_without_backtrace()));

@@ -6,6 +6,7 @@
 #include <dnnl.hpp>
 
 #include <algorithm>
+#include <string>
 #include <unordered_map>
 
 namespace anoclip::model::onednn {
@@ -37,14 +38,58 @@ at::Tensor Rows(const at::Tensor& t, int64_t columns) {
   return rows.stride(1) == 1 ? rows : rows.contiguous();
 }
 
+// A plan whose kernel is oneDNN's reference loops (no JIT kernel for this shape, layout or
+// post-op on this CPU) still computes the right result, but some hundred times slower: say so once.
+template <typename PrimitiveDesc>
+const PrimitiveDesc& WarnIfReference(const PrimitiveDesc& plan) {
+  const std::string kernel = plan.impl_info_str();
+  if (kernel.rfind("ref", 0) == 0) TORCH_WARN_ONCE("oneDNN runs a product on its reference kernel (", kernel, ")");
+  return plan;
+}
+
 memory Bind(const memory::desc& desc, const at::Tensor& t) {
   return memory(desc, Engine(), const_cast<void*>(t.data_ptr()));
 }
 
 }  // namespace
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
-  const int64_t in = weight.size(1), out = weight.size(0);
+struct PackedWeight::Layout {
+  memory::desc desc;
+};
+
+PackedWeight PackedWeight::PackInPlace(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == at::kFloat &&
+                  weight.device().is_cpu(),
+              "PackInPlace takes a contiguous float32 CPU weight [out,in]");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  // The layout oneDNN picks for this weight; it is the same for every row count (checked for a
+  // ViT-B's shapes from 1 to 3,616 rows), and each product checks it again.
+  const memory::desc any({in, out}, memory::data_type::f32, memory::format_tag::any);
+  const dnnl::matmul::primitive_desc plan(
+      dnnl::matmul::desc(memory::desc({226, in}, memory::data_type::f32, memory::format_tag::ab), any,
+                         memory::desc({226, out}, memory::data_type::f32, memory::format_tag::ab)),
+      Engine());
+  const memory::desc packed = plan.weights_desc();
+  const auto plain = Describe(weight, {in, out}, {1, in});
+  if (packed == plain || packed.get_size() != static_cast<size_t>(weight.nbytes())) return {};
+  auto staging = at::empty({out, in}, weight.options());
+  memory source = Bind(plain, weight), target = Bind(packed, staging);
+  dnnl::reorder(source, target).execute(Stream(), source, target);
+  weight.copy_(staging);  // byte for byte: the same size, now in the packed order
+  PackedWeight result;
+  result.weight_ = weight;
+  result.layout_ = std::make_shared<const Layout>(Layout{packed});
+  return result;
+}
+
+int64_t PackedWeight::out_features() const { return weight_.size(0); }
+
+namespace {
+
+// The product of rows of x with a weight described by `weights` ([in,out] in any layout).
+at::Tensor LinearWith(const at::Tensor& x, const memory::desc& weights, const at::Tensor& weight_data, int64_t out,
+                      const at::Tensor& bias, const Epilogue& epilogue) {
+  const int64_t in = weights.dims()[0];
   TORCH_CHECK(x.size(-1) == in, "linear input has ", x.size(-1), " features, weight expects ", in);
   auto sizes = x.sizes().vec();
   sizes.back() = out;
@@ -54,8 +99,6 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   if (m == 0 || out == 0) return y;
 
   const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
-  // The weight [out,in] read as the [in,out] matrix the product needs.
-  const auto weights = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
   const auto dst = Describe(y, {m, out}, {out, 1});
   memory::desc bias_desc;
   if (bias.defined()) bias_desc = Describe(bias, {1, out}, {out, bias.stride(0)});
@@ -72,7 +115,8 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   if (epilogue.residual.defined()) {
     TORCH_CHECK(epilogue.residual.numel() == m * out, "residual has ", epilogue.residual.numel(),
                 " elements, the product ", m * out);
-    residual = Rows(epilogue.residual, out);
+    // Dense rows: a strided residual would send the product to oneDNN's reference kernel.
+    residual = epilogue.residual.reshape({-1, out}).contiguous();
     residual_desc = Describe(residual, {m, out}, {residual.stride(0), 1});
     post_ops.append_binary(dnnl::algorithm::binary_add, residual_desc);
   }
@@ -81,8 +125,10 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 
   // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
   const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
+  WarnIfReference(plan);
+  TORCH_CHECK(plan.weights_desc() == weights, "oneDNN's matmul does not read this weight layout");
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Bind(src, rows)},
-                                       {DNNL_ARG_WEIGHTS, Bind(weights, weight)},
+                                       {DNNL_ARG_WEIGHTS, Bind(weights, weight_data)},
                                        {DNNL_ARG_DST, Bind(dst, y)}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
   if (residual.defined()) {
@@ -90,6 +136,20 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   }
   dnnl::matmul(plan).execute(Stream(), args);
   return y;
+}
+
+}  // namespace
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
+  // The weight [out,in] read as the [in,out] matrix the product needs.
+  const auto weights = Describe(weight, {weight.size(1), weight.size(0)}, {weight.stride(1), weight.stride(0)});
+  return LinearWith(x, weights, weight, weight.size(0), bias, epilogue);
+}
+
+at::Tensor Linear(const at::Tensor& x, const PackedWeight& weight, const at::Tensor& bias, const Epilogue& epilogue) {
+  TORCH_CHECK(weight.packed(), "Linear with an unpacked PackedWeight");
+  TORCH_CHECK(!at::GradMode::is_enabled(), "weights packed for oneDNN serve inference only");
+  return LinearWith(x, weight.layout_->desc, weight.weight_, weight.out_features(), bias, epilogue);
 }
 
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {
@@ -121,20 +181,23 @@ void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
   const auto merged = Describe(out, {chunk, heads, queries, depth}, {out.stride(0), depth, out.stride(1), 1});
 
   dnnl::primitive_attr score_attr;
-  score_attr.set_output_scales(0, {scale});  // applied before the mask is added
+  score_attr.set_output_scales(0, {scale});  // applied to the product alone
   at::Tensor mask_rows;
-  memory::desc mask_desc;
   if (mask.defined()) {
-    mask_rows = mask.to(at::kFloat).expand({queries, keys}).contiguous();
-    mask_desc = Describe(mask_rows, {1, 1, queries, keys}, {queries * keys, queries * keys, keys, 1});
+    // The mask is written into the scores first and the product added onto it: oneDNN's batched
+    // matmul has no fast kernel for a broadcast binary post-op (it falls back to its reference
+    // loops), but it has one for accumulating into its output.
+    mask_rows = mask.to(at::kFloat).expand({chunk, heads, queries, keys});
     dnnl::post_ops post_ops;
-    post_ops.append_binary(dnnl::algorithm::binary_add, mask_desc);
+    post_ops.append_sum(1.0f);
     score_attr.set_post_ops(post_ops);
   }
-  const dnnl::matmul score_product(dnnl::matmul::primitive_desc(dnnl::matmul::desc(query, key, score), score_attr, Engine()));
+  const dnnl::matmul score_product(
+      WarnIfReference(dnnl::matmul::primitive_desc(dnnl::matmul::desc(query, key, score), score_attr, Engine())));
   const dnnl::softmax_forward softmax(dnnl::softmax_forward::primitive_desc(
       dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, score, 3), Engine()));
-  const dnnl::matmul output_product(dnnl::matmul::primitive_desc(dnnl::matmul::desc(score, value, merged), Engine()));
+  const dnnl::matmul output_product(
+      WarnIfReference(dnnl::matmul::primitive_desc(dnnl::matmul::desc(score, value, merged), Engine())));
 
   dnnl::stream& stream = Stream();
   const memory score_memory = Bind(score, scores);
@@ -148,9 +211,7 @@ void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
     std::unordered_map<int, memory> score_args{{DNNL_ARG_SRC, Bind(query, q[first])},
                                                {DNNL_ARG_WEIGHTS, Bind(key, k[first])},
                                                {DNNL_ARG_DST, score_memory}};
-    if (mask_rows.defined()) {
-      score_args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, Bind(mask_desc, mask_rows));
-    }
+    if (mask_rows.defined()) scores.copy_(mask_rows);
     score_product.execute(stream, score_args);
     softmax.execute(stream, {{DNNL_ARG_SRC, score_memory}, {DNNL_ARG_DST, score_memory}});
     output_product.execute(stream, {{DNNL_ARG_SRC, score_memory},
