@@ -33,10 +33,11 @@ struct OneDnnProduct : torch::autograd::Function<OneDnnProduct> {
   }
 };
 
-// oneDNN takes the float32 CPU products; everything else stays on libtorch's own path.
+// oneDNN takes the float32 and bfloat16 CPU products; everything else stays on libtorch's own path.
 bool OnOneDnn(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight) {
-  return library == GemmLibrary::kOneDnn && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
-         weight.scalar_type() == at::kFloat;
+  return library == GemmLibrary::kOneDnn && x.device().is_cpu() &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+         weight.scalar_type() == x.scalar_type();
 }
 
 at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -95,7 +96,9 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight) {
-  if (OnOneDnn(selected.load(std::memory_order_relaxed), x, weight)) return OneDnnProduct::apply(x, weight);
+  if (OnOneDnn(selected.load(std::memory_order_relaxed), x, weight) && x.scalar_type() == at::kFloat) {
+    return OneDnnProduct::apply(x, weight);
+  }
   return at::linear(x, weight);
 }
 

@@ -41,12 +41,12 @@ struct Epilogue {
 // `epilogue` applied to y with libtorch's ops.
 at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue);
 
-// Whether oneDNN is selected and takes x's products: float32 on the CPU, outside autograd.
+// Whether oneDNN is selected and takes x's products: float32 or bfloat16 on the CPU, outside
+// autograd.
 bool OnOneDnn(const at::Tensor& x);
 
 // x [..., in] · weightᵀ + bias -> [..., out], then `epilogue`. Through oneDNN's matmul primitive
-// when OnOneDnn(x); everything else is libtorch's linear (the BLAS, or oneDNN's own bfloat16
-// path).
+// when OnOneDnn(x); everything else is libtorch's linear (the BLAS for float32).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                   const Epilogue& epilogue = {});
 

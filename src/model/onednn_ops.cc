@@ -27,9 +27,14 @@ dnnl::stream& Stream() {
   return stream;
 }
 
+memory::data_type DataType(const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+              "oneDNN products take float32 or bfloat16 CPU tensors");
+  return t.scalar_type() == at::kFloat ? memory::data_type::f32 : memory::data_type::bf16;
+}
+
 memory::desc Describe(const at::Tensor& t, memory::dims dims, memory::dims strides) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), "oneDNN products take float32 CPU tensors");
-  return memory::desc(dims, memory::data_type::f32, strides);
+  return memory::desc(dims, DataType(t), strides);
 }
 
 // The tensor as [rows, columns] with unit column stride, viewing it where it can.
@@ -58,16 +63,15 @@ struct PackedWeight::Layout {
 };
 
 PackedWeight PackedWeight::PackInPlace(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == at::kFloat &&
-                  weight.device().is_cpu(),
-              "PackInPlace takes a contiguous float32 CPU weight [out,in]");
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "PackInPlace takes a contiguous weight [out,in]");
   const int64_t out = weight.size(0), in = weight.size(1);
+  const auto type = DataType(weight);
   // The layout oneDNN picks for this weight; it is the same for every row count (checked for a
   // ViT-B's shapes from 1 to 3,616 rows), and each product checks it again.
-  const memory::desc any({in, out}, memory::data_type::f32, memory::format_tag::any);
+  const memory::desc any({in, out}, type, memory::format_tag::any);
   const dnnl::matmul::primitive_desc plan(
-      dnnl::matmul::desc(memory::desc({226, in}, memory::data_type::f32, memory::format_tag::ab), any,
-                         memory::desc({226, out}, memory::data_type::f32, memory::format_tag::ab)),
+      dnnl::matmul::desc(memory::desc({226, in}, type, memory::format_tag::ab), any,
+                         memory::desc({226, out}, type, memory::format_tag::ab)),
       Engine());
   const memory::desc packed = plan.weights_desc();
   const auto plain = Describe(weight, {in, out}, {1, in});
@@ -187,7 +191,7 @@ void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
     // The mask is written into the scores first and the product added onto it: oneDNN's batched
     // matmul has no fast kernel for a broadcast binary post-op (it falls back to its reference
     // loops), but it has one for accumulating into its output.
-    mask_rows = mask.to(at::kFloat).expand({chunk, heads, queries, keys});
+    mask_rows = mask.to(q.scalar_type()).expand({chunk, heads, queries, keys});
     dnnl::post_ops post_ops;
     post_ops.append_sum(1.0f);
     score_attr.set_post_ops(post_ops);

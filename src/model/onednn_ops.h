@@ -15,7 +15,8 @@
 
 namespace anoclip::model::onednn {
 
-// x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 CPU tensors.
+// x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 or bfloat16 CPU
+// tensors of one type (bfloat16 products accumulate in float32).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue);
 
 // A weight [out,in] rewritten in place into the blocked layout oneDNN's matmul reads fastest (it
@@ -24,8 +25,8 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 class PackedWeight {
  public:
   PackedWeight() = default;
-  // Packs a contiguous float32 CPU weight; returns an unpacked object, the weight untouched,
-  // where oneDNN's layout for it would not fit in the same bytes or is the plain one.
+  // Packs a contiguous float32 or bfloat16 CPU weight; returns an unpacked object, the weight
+  // untouched, where oneDNN's layout for it would not fit in the same bytes or is the plain one.
   static PackedWeight PackInPlace(const at::Tensor& weight);
   bool packed() const { return layout_ != nullptr; }
   int64_t out_features() const;
@@ -46,8 +47,8 @@ at::Tensor Linear(const at::Tensor& x, const PackedWeight& weight, const at::Ten
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);
 
 // Per head, softmax(scale · q·kᵀ + mask)·v, written into `out` [B,Lq,h·d] with the heads side by
-// side. q [B,h,Lq,d], k and v [B,h,Lk,d]: float32 CPU views with any strides (the projection's
-// output, split into heads, is read in place); mask [Lq,Lk], added to the scaled scores, or
+// side. q [B,h,Lq,d], k and v [B,h,Lk,d]: float32 or bfloat16 CPU views with any strides (the
+// projection's output, split into heads, is read in place); mask [Lq,Lk], added to the scaled scores, or
 // undefined.
 void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
                 const at::Tensor& out);

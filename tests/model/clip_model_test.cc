@@ -293,17 +293,40 @@ TEST(LinearTest, TrainableLinearGradientsMatchLibtorch) {
   EXPECT_TRUE(torch::allclose(gradients[0][1], upstream.t().mm(x), 1e-4, 1e-4));
 }
 
-TEST(LinearTest, AutogradAndOtherDtypesStayOnLibtorchsPath) {
+TEST(LinearTest, AutogradStaysOnLibtorchsPathAndBfloat16FollowsFloat32) {
   if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
   GemmLibraryScope scope(GemmLibrary::kOneDnn);
+  torch::manual_seed(4);
   auto x = torch::randn({4, 8}), weight = torch::randn({6, 8}, torch::requires_grad()), bias = torch::randn({6});
   auto y = Linear(x, weight, bias);
-  ASSERT_TRUE(y.requires_grad());  // a oneDNN tensor would have no gradient
+  ASSERT_TRUE(y.requires_grad());  // a oneDNN product would have no gradient
   y.sum().backward();
   EXPECT_TRUE(torch::allclose(weight.grad(), x.sum(0).expand({6, 8})));
   torch::NoGradGuard no_grad;
-  auto half = Linear(x.to(torch::kBFloat16), weight.detach().to(torch::kBFloat16), bias.to(torch::kBFloat16));
+  // bfloat16 operands (8 bits of mantissa), GELU fused: within bfloat16's rounding of float32.
+  const auto expected = torch::gelu(at::linear(x, weight, bias));
+  auto half = Linear(x.to(torch::kBFloat16), weight.detach().to(torch::kBFloat16), bias.to(torch::kBFloat16),
+                     {Activation::kGelu, {}});
   EXPECT_EQ(half.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::allclose(half.to(torch::kFloat32), expected, 5e-2, 5e-2));
+}
+
+// The attention in bfloat16 through oneDNN follows float32's.
+TEST(AttentionBfloat16Test, FollowsFloat32) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  const GemmLibraryScope library(GemmLibrary::kOneDnn);
+  torch::manual_seed(12);
+  Attention attention(/*width=*/64, /*heads=*/4);
+  torch::NoGradGuard no_grad;
+  auto y = torch::randn({2, 17, 64});
+  auto mask = torch::full({17, 17}, -std::numeric_limits<float>::infinity()).triu(1);
+  auto [q, k, v] = attention->Project(y);
+  const auto expected = attention->Attend(q, k, v, mask);
+  attention->to(torch::kBFloat16);
+  auto [hq, hk, hv] = attention->Project(y.to(torch::kBFloat16));
+  const auto half = attention->Attend(hq, hk, hv, mask);
+  EXPECT_EQ(half.scalar_type(), torch::kBFloat16);
+  EXPECT_LT((half.to(torch::kFloat32) - expected).abs().max().item<float>(), 0.05f * expected.abs().max().item<float>());
 }
 
 TEST(LinearTest, ParsesLibraryNames) {
