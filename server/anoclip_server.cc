@@ -22,6 +22,7 @@
 #include "server/anomaly_service.h"
 #include "server/metrics.h"
 #include "server/reflection_v1.h"
+#include "server/openmp_threads.h"
 #include "server/worker_pool.h"
 
 namespace anoclip::server {
@@ -174,7 +175,8 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
   }
   ANOCLIP_ASSIGN_OR_RETURN(pipeline.calibrations, LoadCalibrations(config.calibration_dir, detector->model_id()));
 
-  state->text_builds = std::make_unique<WorkerPool>(1);
+  // A build uses every core, then hands its OpenMP team back (server/openmp_threads.h).
+  state->text_builds = std::make_unique<WorkerPool>(1, WorkerPool::Hooks{{}, ReleaseOpenMpTeam});
   const auto limits = pipeline.request_limits.prompts;
   ANOCLIP_ASSIGN_OR_RETURN(
       state->text_bank,
@@ -206,6 +208,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
   }
 
   malloc_trim(0);  // what loading and warming left free, before serving
+  ReleaseOpenMpTeam();  // loading and warming ran on this thread; the engine's runs on the batcher's
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   state->reflection = std::make_unique<ReflectionV1Service>();

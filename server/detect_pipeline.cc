@@ -15,6 +15,7 @@
 #include "inspection/inspect.h"
 #include "inspection/render.h"
 #include "proto/inspection_proto.h"
+#include "server/openmp_threads.h"
 
 namespace anoclip::server {
 namespace {
@@ -110,7 +111,7 @@ DetectPipeline::DetectPipeline(const anomaly::Detector* detector, anomaly::TextB
       text_bank_(text_bank),
       metrics_(metrics),
       options_(std::move(options)),
-      workers_(std::make_unique<WorkerPool>(options_.workers)) {}
+      workers_(std::make_unique<WorkerPool>(options_.workers, WorkerPool::Hooks{RunTorchSeriallyOnThisThread, {}})) {}
 
 DetectPipeline::~DetectPipeline() { Stop(); }
 

@@ -4,8 +4,13 @@
 
 namespace anoclip::server {
 
-WorkerPool::WorkerPool(int threads) {
-  for (int i = 0; i < std::max(1, threads); ++i) threads_.emplace_back([this] { Loop(); });
+WorkerPool::WorkerPool(int threads, Hooks hooks) : hooks_(std::move(hooks)) {
+  for (int i = 0; i < std::max(1, threads); ++i) {
+    threads_.emplace_back([this] {
+      if (hooks_.on_start) hooks_.on_start();
+      Loop();
+    });
+  }
 }
 
 WorkerPool::~WorkerPool() {
@@ -46,6 +51,7 @@ void WorkerPool::Loop() {
     } catch (...) {
       LogLine("error", "a worker task threw");
     }
+    if (hooks_.after_task) hooks_.after_task();
   }
 }
 

@@ -15,7 +15,11 @@ namespace anoclip::server {
 
 class WorkerPool {
  public:
-  explicit WorkerPool(int threads);
+  // `on_start` runs first on each thread, `after_task` after each task (neither may throw).
+  struct Hooks {
+    std::function<void()> on_start, after_task;
+  };
+  explicit WorkerPool(int threads, Hooks hooks = {});
   ~WorkerPool();  // runs what is queued, then joins
 
   void Post(std::function<void()> task);
@@ -26,6 +30,7 @@ class WorkerPool {
   mutable absl::Mutex mutex_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  const Hooks hooks_;
   std::vector<std::thread> threads_;
 };
 

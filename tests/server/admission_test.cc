@@ -1,14 +1,19 @@
-// Admission and back-pressure on their own; and the worker pool surviving what its tasks throw.
+// Admission and back-pressure on their own; the worker pool surviving what its tasks throw, its
+// hooks, and the OpenMP teams of threads other than the engine's.
 #include "server/admission.h"
 
 #include <grpcpp/grpcpp.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
 
 #include <atomic>
 #include <stdexcept>
 #include <thread>
 
 #include "absl/time/clock.h"
+#include "server/openmp_threads.h"
 #include "server/worker_pool.h"
 
 namespace anoclip::server {
@@ -92,6 +97,48 @@ TEST(WorkerPoolTest, QueuedTasksRunBeforeTheDestructorReturns) {
     for (int i = 0; i < 5; ++i) pool.Post([&] { ++ran; });
   }
   EXPECT_EQ(ran, 6);
+}
+
+TEST(WorkerPoolTest, HooksRunOnEveryThreadAndAfterEveryTask) {
+  std::atomic<int> started{0}, ran{0}, after{0};
+  {
+    WorkerPool pool(3, {[&] { ++started; }, [&] { ++after; }});
+    for (int i = 0; i < 7; ++i) pool.Post([&] { ++ran; });
+    pool.Post([] { throw std::runtime_error("boom"); });  // the hook runs after a throw as well
+  }
+  EXPECT_EQ(started, 3);
+  EXPECT_EQ(ran, 7);
+  EXPECT_EQ(after, 8);
+}
+
+int ThreadsOfThisProcess() {
+  return static_cast<int>(std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                                        std::filesystem::directory_iterator()));
+}
+
+// A thread made serial runs libtorch's parallel loops on itself; a thread that releases its team
+// lets the team's idle threads exit.
+TEST(OpenMpThreadsTest, SerialThreadsStartNoTeamAndReleasedTeamsExit) {
+  at::set_num_threads(2);
+  const int before = ThreadsOfThisProcess();
+  std::thread([&] {
+    RunTorchSeriallyOnThisThread();
+    EXPECT_EQ(at::get_num_threads(), 1);
+    std::atomic<int> chunks{0};
+    at::parallel_for(0, 1 << 20, 1, [&](int64_t, int64_t) { ++chunks; });
+    EXPECT_EQ(chunks, 1);  // the whole range in one call, on this thread
+    EXPECT_EQ(ThreadsOfThisProcess(), before + 1);
+  }).join();
+  std::thread([&] {
+    at::parallel_for(0, 1 << 20, 1, [](int64_t, int64_t) {});
+    EXPECT_EQ(ThreadsOfThisProcess(), before + 2);  // this thread and its team's second thread
+    ReleaseOpenMpTeam();
+    for (int i = 0; i < 200 && ThreadsOfThisProcess() > before + 1; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(ThreadsOfThisProcess(), before + 1);
+  }).join();
+  EXPECT_EQ(at::get_num_threads(), 2);  // the main thread's count is untouched
 }
 
 }  // namespace
