@@ -243,10 +243,6 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
       engine->gemm_library = forced_gemm ? *forced_gemm
                                          : model::FasterGemmLibrary(model::LargestVisionGemm(engine->config, 1));
       model::SetGemmLibrary(engine->gemm_library);
-      // The vision tower's weights in oneDNN's own layout, in place (no memory added).
-      if (engine->gemm_library == model::GemmLibrary::kOneDnn && options.precision != "int8") {
-        engine->model->visual->transformer->PackForOneDnn();
-      }
     }
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("loading the model failed: ", error.what_without_backtrace()));

@@ -58,36 +58,6 @@ memory Bind(const memory::desc& desc, const at::Tensor& t) {
 
 }  // namespace
 
-struct PackedWeight::Layout {
-  memory::desc desc;
-};
-
-PackedWeight PackedWeight::PackInPlace(const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "PackInPlace takes a contiguous weight [out,in]");
-  const int64_t out = weight.size(0), in = weight.size(1);
-  const auto type = DataType(weight);
-  // The layout oneDNN picks for this weight; it is the same for every row count (checked for a
-  // ViT-B's shapes from 1 to 3,616 rows), and each product checks it again.
-  const memory::desc any({in, out}, type, memory::format_tag::any);
-  const dnnl::matmul::primitive_desc plan(
-      dnnl::matmul::desc(memory::desc({226, in}, type, memory::format_tag::ab), any,
-                         memory::desc({226, out}, type, memory::format_tag::ab)),
-      Engine());
-  const memory::desc packed = plan.weights_desc();
-  const auto plain = Describe(weight, {in, out}, {1, in});
-  if (packed == plain || packed.get_size() != static_cast<size_t>(weight.nbytes())) return {};
-  auto staging = at::empty({out, in}, weight.options());
-  memory source = Bind(plain, weight), target = Bind(packed, staging);
-  dnnl::reorder(source, target).execute(Stream(), source, target);
-  weight.copy_(staging);  // byte for byte: the same size, now in the packed order
-  PackedWeight result;
-  result.weight_ = weight;
-  result.layout_ = std::make_shared<const Layout>(Layout{packed});
-  return result;
-}
-
-int64_t PackedWeight::out_features() const { return weight_.size(0); }
-
 namespace {
 
 // The product of rows of x with a weight described by `weights` ([in,out] in any layout).
@@ -148,12 +118,6 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   // The weight [out,in] read as the [in,out] matrix the product needs.
   const auto weights = Describe(weight, {weight.size(1), weight.size(0)}, {weight.stride(1), weight.stride(0)});
   return LinearWith(x, weights, weight, weight.size(0), bias, epilogue);
-}
-
-at::Tensor Linear(const at::Tensor& x, const PackedWeight& weight, const at::Tensor& bias, const Epilogue& epilogue) {
-  TORCH_CHECK(weight.packed(), "Linear with an unpacked PackedWeight");
-  TORCH_CHECK(!at::GradMode::is_enabled(), "weights packed for oneDNN serve inference only");
-  return LinearWith(x, weight.layout_->desc, weight.weight_, weight.out_features(), bias, epilogue);
 }
 
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {

@@ -9,8 +9,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <memory>
-
 #include "model/linear.h"
 
 namespace anoclip::model::onednn {
@@ -18,29 +16,6 @@ namespace anoclip::model::onednn {
 // x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 or bfloat16 CPU
 // tensors of one type (bfloat16 products accumulate in float32).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue);
-
-// A weight [out,in] rewritten in place into the blocked layout oneDNN's matmul reads fastest (it
-// otherwise reblocks the weight inside every product). The tensor keeps its shape and size but
-// from then on holds that layout: it is read only through this object, for inference.
-class PackedWeight {
- public:
-  PackedWeight() = default;
-  // Packs a contiguous float32 or bfloat16 CPU weight; returns an unpacked object, the weight
-  // untouched, where oneDNN's layout for it would not fit in the same bytes or is the plain one.
-  static PackedWeight PackInPlace(const at::Tensor& weight);
-  bool packed() const { return layout_ != nullptr; }
-  int64_t out_features() const;
-
- private:
-  friend at::Tensor Linear(const at::Tensor& x, const PackedWeight& weight, const at::Tensor& bias,
-                           const Epilogue& epilogue);
-  struct Layout;
-  at::Tensor weight_;
-  std::shared_ptr<const Layout> layout_;
-};
-
-// The same with a packed weight; outside autograd only.
-at::Tensor Linear(const at::Tensor& x, const PackedWeight& weight, const at::Tensor& bias, const Epilogue& epilogue);
 
 // y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the
 // bench's reference rate for oneDNN next to the matmul primitive that Linear runs.

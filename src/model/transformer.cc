@@ -26,11 +26,10 @@ struct HeadView {
   int64_t row_stride;
 };
 
-// One of a layer's products: int8 or oneDNN-packed where the weight was prepared so, else Linear.
+// One of a layer's products: int8 where the weight was packed so, else Linear.
 at::Tensor Product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Int8Linear& int8,
-                   const onednn::PackedWeight& packed, const Epilogue& epilogue = {}) {
+                   const Epilogue& epilogue = {}) {
   if (int8.packed()) return ApplyEpilogue(int8(x), epilogue);
-  if (packed.packed()) return onednn::Linear(x, packed, bias, epilogue);
   return Linear(x, weight, bias, epilogue);
 }
 
@@ -62,25 +61,17 @@ void AttentionImpl::PackInt8() {
   out_proj_int8 = Int8Linear::Pack(out_proj->weight, out_proj->bias);
 }
 
-void AttentionImpl::PackForOneDnn(bool keep_in_proj) {
-  torch::NoGradGuard no_grad;
-  if (!keep_in_proj) in_proj_onednn = onednn::PackedWeight::PackInPlace(in_proj_weight);
-  out_proj_onednn = onednn::PackedWeight::PackInPlace(out_proj->weight);
-}
-
 at::Tensor AttentionImpl::OutProject(const at::Tensor& merged, const at::Tensor& residual) const {
-  return Product(merged, out_proj->weight, out_proj->bias, out_proj_int8, out_proj_onednn,
-                 {Activation::kNone, residual});
+  return Product(merged, out_proj->weight, out_proj->bias, out_proj_int8, {Activation::kNone, residual});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::Tensor& y) const {
-  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8, in_proj_onednn).chunk(3, -1);
+  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8).chunk(3, -1);
   return {SplitHeads(qkv[0], heads, head_dim), SplitHeads(qkv[1], heads, head_dim),
           SplitHeads(qkv[2], heads, head_dim)};
 }
 
 at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
-  TORCH_CHECK(!in_proj_onednn.packed(), "in_proj is packed for oneDNN: its rows cannot be sliced");
   auto v = value_int8.packed() ? value_int8(y)
                                : Linear(y, in_proj_weight.narrow(0, 2 * width, width),
                                         in_proj_bias.narrow(0, 2 * width, width));
@@ -89,7 +80,6 @@ at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
 
 at::Tensor AttentionImpl::AttendFromFirstToken(const at::Tensor& y, const at::Tensor& v) const {
   const int64_t batch = y.size(0);
-  TORCH_CHECK(!in_proj_onednn.packed(), "in_proj is packed for oneDNN: its rows cannot be sliced");
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   auto q = SplitHeads(Linear(y.narrow(1, 0, 1), in_proj_weight.narrow(0, 0, width), in_proj_bias.narrow(0, 0, width)),
                       heads, head_dim);  // [B,h,1,d]
@@ -124,7 +114,7 @@ at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& path
   const int64_t prompts = paths.size(0), length = paths.size(1);
   // The projections run once per node; only the small per-head products run per prompt, on its
   // path's rows gathered from the nodes.
-  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8, in_proj_onednn);  // [N,3C]
+  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8);  // [N,3C]
   auto rows = qkv.index_select(0, paths.flatten()).view({prompts, length, 3 * width}).chunk(3, -1);
   auto merged = MergedHeads({{SplitHeads(rows[0], heads, head_dim), SplitHeads(rows[1], heads, head_dim),
                               SplitHeads(rows[2], heads, head_dim)}},
@@ -202,16 +192,10 @@ void MlpImpl::PackInt8() {
   c_proj_int8 = Int8Linear::Pack(c_proj->weight, c_proj->bias);
 }
 
-void MlpImpl::PackForOneDnn() {
-  torch::NoGradGuard no_grad;
-  c_fc_onednn = onednn::PackedWeight::PackInPlace(c_fc->weight);
-  c_proj_onednn = onednn::PackedWeight::PackInPlace(c_proj->weight);
-}
-
 at::Tensor MlpImpl::forward(const at::Tensor& x, const at::Tensor& residual) {
-  auto h = Product(x, c_fc->weight, c_fc->bias, c_fc_int8, c_fc_onednn,
-                   {quick_gelu ? Activation::kQuickGelu : Activation::kGelu, {}});
-  return Product(h, c_proj->weight, c_proj->bias, c_proj_int8, c_proj_onednn, {Activation::kNone, residual});
+  const Activation activation = quick_gelu ? Activation::kQuickGelu : Activation::kGelu;
+  auto h = Product(x, c_fc->weight, c_fc->bias, c_fc_int8, {activation, {}});
+  return Product(h, c_proj->weight, c_proj->bias, c_proj_int8, {Activation::kNone, residual});
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden,
@@ -248,13 +232,6 @@ at::Tensor TransformerImpl::forward(const at::Tensor& x, const at::Tensor& mask)
   auto h = x;
   for (auto& block : blocks) h = block->forward(h, mask);
   return h;
-}
-
-void TransformerImpl::PackForOneDnn() {
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    blocks[i]->attn->PackForOneDnn(/*keep_in_proj=*/i + 1 == blocks.size());
-    blocks[i]->mlp->PackForOneDnn();
-  }
 }
 
 void TransformerImpl::PackInt8() {

@@ -12,7 +12,6 @@
 #include <torch/nn/pimpl.h>
 
 #include "model/int8_linear.h"
-#include "model/onednn_ops.h"
 
 namespace anoclip::model {
 
@@ -59,16 +58,10 @@ struct AttentionImpl : torch::nn::Module {
 
   // Packs the projections for int8 products (--precision int8); float32 stays the reference.
   void PackInt8();
-  // Rewrites out_proj's weight, and in_proj's unless `keep_in_proj` (whose row slices the last
-  // block reads), in place into oneDNN's blocked layout (onednn::PackedWeight): float32 inference
-  // through oneDNN only, from then on.
-  void PackForOneDnn(bool keep_in_proj);
-
   int64_t width, heads, head_dim;
   at::Tensor in_proj_weight, in_proj_bias;
   torch::nn::Linear out_proj{nullptr};
   Int8Linear in_proj_int8, value_int8, out_proj_int8;  // packed only under --precision int8
-  onednn::PackedWeight in_proj_onednn, out_proj_onednn;  // packed only by PackForOneDnn
 
  private:
   at::Tensor OutProject(const at::Tensor& merged, const at::Tensor& residual = {}) const;
@@ -80,10 +73,8 @@ struct MlpImpl : torch::nn::Module {
   // c_proj(act(c_fc x)), plus `residual` where given.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& residual = {});
   void PackInt8();
-  void PackForOneDnn();  // as AttentionImpl's
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
   Int8Linear c_fc_int8, c_proj_int8;
-  onednn::PackedWeight c_fc_onednn, c_proj_onednn;
   bool quick_gelu;
 };
 TORCH_MODULE(Mlp);
@@ -110,9 +101,6 @@ struct TransformerImpl : torch::nn::Module {
                          const at::Tensor& mask);
   // Every block's projections and MLP to int8 products (Int8Linear), for inference on the CPU.
   void PackInt8();
-  // Every block's weights into oneDNN's layout (AttentionImpl::PackForOneDnn), but the last
-  // block's in_proj.
-  void PackForOneDnn();
   torch::nn::ModuleList resblocks;
   std::vector<ResidualAttentionBlock> blocks;
 };

@@ -335,42 +335,6 @@ TEST(LinearTest, ParsesLibraryNames) {
   EXPECT_STREQ(GemmLibraryName(GemmLibrary::kOneDnn), "onednn");
 }
 
-// The vision tower's weights packed in place into oneDNN's layout give the outputs of the plain
-// weights for every request, and the packed weights refuse to be sliced.
-TEST_F(ClipModelTest, VisionTowerPackedForOneDnnGivesTheSameOutputs) {
-  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
-  const GemmLibraryScope library(GemmLibrary::kOneDnn);
-  torch::manual_seed(9);
-  ClipModel model(config_);
-  ASSERT_TRUE(LoadClipWeights(model, weights_).ok());
-  torch::NoGradGuard no_grad;
-  auto images = torch::randn({3, 3, 80, 80});
-  const VisionRequest requests[] = {{true, false}, {false, true}, {true, true}};
-  std::vector<VisionOutput> plain;
-  for (const auto& request : requests) plain.push_back(model->EncodeImage(images, request));
-  const auto first_weight = model->visual->transformer->blocks[0]->mlp->c_fc->weight.clone();
-  model->visual->transformer->PackForOneDnn();
-  auto& blocks = model->visual->transformer->blocks;
-  ASSERT_TRUE(blocks[0]->mlp->c_fc_onednn.packed());
-  ASSERT_TRUE(blocks[0]->attn->in_proj_onednn.packed());
-  EXPECT_FALSE(blocks.back()->attn->in_proj_onednn.packed());  // the last block slices its rows
-  EXPECT_FALSE(torch::equal(blocks[0]->mlp->c_fc->weight, first_weight));  // rewritten in place
-  for (size_t i = 0; i < plain.size(); ++i) {
-    const auto packed = model->EncodeImage(images, requests[i]);
-    ExpectWithinReferenceTolerance(plain[i].image_embedding, packed.image_embedding, "image embedding");
-    if (requests[i].local_aware_patches) {
-      ExpectWithinReferenceTolerance(plain[i].local_aware_patches, packed.local_aware_patches, "local-aware patches");
-    }
-    if (requests[i].plain_patches) {
-      ExpectWithinReferenceTolerance(plain[i].plain_patches, packed.plain_patches, "plain patches");
-    }
-  }
-  auto y = torch::randn({1, 5, config_.vision.width});
-  EXPECT_THROW(blocks[0]->attn->ProjectValue(y), c10::Error);
-  torch::AutoGradMode grad(true);
-  EXPECT_THROW(blocks[0]->mlp->forward(y), c10::Error);  // packed weights serve inference only
-}
-
 TEST_F(ClipModelTest, BothTowersAgreeThroughBlasAndOneDnn) {
   if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
   torch::manual_seed(7);
