@@ -58,12 +58,8 @@ memory Bind(const memory::desc& desc, const at::Tensor& t) {
 
 }  // namespace
 
-namespace {
-
-// The product of rows of x with a weight described by `weights` ([in,out] in any layout).
-at::Tensor LinearWith(const at::Tensor& x, const memory::desc& weights, const at::Tensor& weight_data, int64_t out,
-                      const at::Tensor& bias, const Epilogue& epilogue) {
-  const int64_t in = weights.dims()[0];
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
+  const int64_t in = weight.size(1), out = weight.size(0);
   TORCH_CHECK(x.size(-1) == in, "linear input has ", x.size(-1), " features, weight expects ", in);
   auto sizes = x.sizes().vec();
   sizes.back() = out;
@@ -73,6 +69,8 @@ at::Tensor LinearWith(const at::Tensor& x, const memory::desc& weights, const at
   if (m == 0 || out == 0) return y;
 
   const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
+  // The weight [out,in] read as the [in,out] matrix the product needs.
+  const auto weights = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
   const auto dst = Describe(y, {m, out}, {out, 1});
   memory::desc bias_desc;
   if (bias.defined()) bias_desc = Describe(bias, {1, out}, {out, bias.stride(0)});
@@ -100,9 +98,8 @@ at::Tensor LinearWith(const at::Tensor& x, const memory::desc& weights, const at
   // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
   const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
   WarnIfReference(plan);
-  TORCH_CHECK(plan.weights_desc() == weights, "oneDNN's matmul does not read this weight layout");
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Bind(src, rows)},
-                                       {DNNL_ARG_WEIGHTS, Bind(weights, weight_data)},
+                                       {DNNL_ARG_WEIGHTS, Bind(weights, weight)},
                                        {DNNL_ARG_DST, Bind(dst, y)}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
   if (residual.defined()) {
@@ -110,14 +107,6 @@ at::Tensor LinearWith(const at::Tensor& x, const memory::desc& weights, const at
   }
   dnnl::matmul(plan).execute(Stream(), args);
   return y;
-}
-
-}  // namespace
-
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
-  // The weight [out,in] read as the [in,out] matrix the product needs.
-  const auto weights = Describe(weight, {weight.size(1), weight.size(0)}, {weight.stride(1), weight.stride(0)});
-  return LinearWith(x, weights, weight, weight.size(0), bias, epilogue);
 }
 
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {

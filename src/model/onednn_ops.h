@@ -1,4 +1,4 @@
-// Float32 products straight through oneDNN's primitives (the same libdnnl that libtorch runs on),
+// Float32 and bfloat16 products straight through oneDNN's primitives (the same libdnnl that libtorch runs on),
 // reading and writing libtorch's tensors in place. libtorch's own oneDNN linear copies its input
 // into oneDNN's tensor type and its output back, and runs bias, activation and residual as
 // separate passes over memory; here the matmul primitive reads strided rows and weights as they
@@ -23,8 +23,8 @@ void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);
 
 // Per head, softmax(scale · q·kᵀ + mask)·v, written into `out` [B,Lq,h·d] with the heads side by
 // side. q [B,h,Lq,d], k and v [B,h,Lk,d]: float32 or bfloat16 CPU views with any strides (the
-// projection's output, split into heads, is read in place); mask [Lq,Lk], added to the scaled scores, or
-// undefined.
+// projection's output, split into heads, is read in place); mask [Lq,Lk], added to the scaled
+// scores, or undefined.
 void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
                 const at::Tensor& out);
 
