@@ -21,8 +21,8 @@
 #include "common/status_macros.h"
 #include "server/anomaly_service.h"
 #include "server/metrics.h"
-#include "server/reflection_v1.h"
 #include "server/openmp_threads.h"
+#include "server/reflection_v1.h"
 #include "server/worker_pool.h"
 
 namespace anoclip::server {

@@ -71,8 +71,8 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
     auto [q, k, v] = block->attn->Project(y);
     at::Tensor h;
     if (vv.defined()) {
-      // Both attentions' heads in one parallel loop: at batch 1 the per-head matmuls are small,
-      // and together they keep the cores busy.
+      // Both attentions in one call: on the BLAS path their heads share one parallel loop, which
+      // keeps the cores busy at batch 1 where the per-head matmuls are small.
       auto both = block->attn->Attend({{q, k, v, z}, {v, v, v, vv}});
       h = both[0];
       vv = both[1];

@@ -72,9 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::
 }
 
 at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
-  auto v = value_int8.packed() ? value_int8(y)
-                               : Linear(y, in_proj_weight.narrow(0, 2 * width, width),
-                                        in_proj_bias.narrow(0, 2 * width, width));
+  auto v = Product(y, in_proj_weight.narrow(0, 2 * width, width), in_proj_bias.narrow(0, 2 * width, width), value_int8);
   return SplitHeads(v, heads, head_dim);
 }
 
