@@ -155,13 +155,13 @@ int RunBenchCommand(const std::vector<std::string>& words) {
       const double clip_s = Seconds([&] { model->EncodeImage(images, clip); sync(); });
       const double anoclip_s = Seconds([&] { model->EncodeImage(images, anoclip); sync(); });
       const double blas = gemm.BlasGflops(gemm_reps), onednn_sgemm = gemm.OneDnnSgemmGflops(gemm_reps),
-                   onednn_matmul = gemm.OneDnnMatmulGflops(gemm_reps);
+                   onednn_linear = gemm.OneDnnLinearGflops(gemm_reps);
       if (run < 0) continue;
       vision["vision.clip" + b].push_back(clip_s / batch);
       vision["vision.anoclip" + b].push_back(anoclip_s / batch);
       vision["sgemm_gflops." + GemmRate::BlasName() + b].push_back(blas);
       vision["sgemm_gflops.onednn" + b].push_back(onednn_sgemm);
-      vision["sgemm_gflops.onednn_matmul" + b].push_back(onednn_matmul);
+      vision["sgemm_gflops.onednn_linear" + b].push_back(onednn_linear);
     }
   }
   if (wants("vision")) {
@@ -180,7 +180,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
       out[std::string("sgemm_shape") + b] = absl::StrCat(shape.m, "x", shape.k, "x", shape.n);
       std::string best_library;
       double best = 0;
-      for (const std::string library : {GemmRate::BlasName(), std::string("onednn"), std::string("onednn_matmul")}) {
+      for (const std::string library : {GemmRate::BlasName(), std::string("onednn"), std::string("onednn_linear")}) {
         const double rate = Median(vision["sgemm_gflops." + library + b]);
         out["sgemm_gflops." + library + b] = rate;
         if (rate > best) best = rate, best_library = library;

@@ -43,7 +43,7 @@ double GemmRate::OneDnnSgemmGflops(int reps) const {
   return Gflops(shape_, reps, [&] { model::onednn::Sgemm(input_, weight_, output_); });
 }
 
-double GemmRate::OneDnnMatmulGflops(int reps) const {
+double GemmRate::OneDnnLinearGflops(int reps) const {
   torch::NoGradGuard no_grad;
   return Gflops(shape_, reps, [&] { (void)model::onednn::Linear(input_, weight_, {}, {}); });
 }

@@ -20,7 +20,7 @@ class GemmRate {
   // GFLOP/s of one product (repeated `reps` times, averaged); 0 when the library is absent.
   double BlasGflops(int reps) const;
   double OneDnnSgemmGflops(int reps) const;
-  double OneDnnMatmulGflops(int reps) const;
+  double OneDnnLinearGflops(int reps) const;
 
   // The BLAS's short name: "openblas", else the library file's name.
   static std::string BlasName();

@@ -58,6 +58,21 @@ memory Bind(const memory::desc& desc, const at::Tensor& t) {
 
 }  // namespace
 
+namespace {
+
+dnnl::post_ops PostOps(const Epilogue& epilogue) {
+  dnnl::post_ops post_ops;
+  switch (epilogue.activation) {
+    case Activation::kNone: break;
+    case Activation::kGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f); break;
+    // x·sigmoid(1.702·x) is oneDNN's swish with alpha 1.702.
+    case Activation::kQuickGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.702f, 0.0f); break;
+  }
+  return post_ops;
+}
+
+}  // namespace
+
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
   const int64_t in = weight.size(1), out = weight.size(0);
   TORCH_CHECK(x.size(-1) == in, "linear input has ", x.size(-1), " features, weight expects ", in);
@@ -68,43 +83,51 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   const int64_t m = rows.size(0);
   if (m == 0 || out == 0) return y;
 
-  const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
-  // The weight [out,in] read as the [in,out] matrix the product needs.
-  const auto weights = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
-  const auto dst = Describe(y, {m, out}, {out, 1});
-  memory::desc bias_desc;
-  if (bias.defined()) bias_desc = Describe(bias, {1, out}, {out, bias.stride(0)});
-
-  dnnl::post_ops post_ops;
-  switch (epilogue.activation) {
-    case Activation::kNone: break;
-    case Activation::kGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f); break;
-    // x·sigmoid(1.702·x) is oneDNN's swish with alpha 1.702.
-    case Activation::kQuickGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.702f, 0.0f); break;
-  }
+  dnnl::post_ops post_ops = PostOps(epilogue);
   at::Tensor residual;
-  memory::desc residual_desc;
+  const auto dst = Describe(y, {m, out}, {out, 1});
   if (epilogue.residual.defined()) {
     TORCH_CHECK(epilogue.residual.numel() == m * out, "residual has ", epilogue.residual.numel(),
                 " elements, the product ", m * out);
     // Dense rows: a strided residual would send the product to oneDNN's reference kernel.
     residual = epilogue.residual.reshape({-1, out}).contiguous();
-    residual_desc = Describe(residual, {m, out}, {residual.stride(0), 1});
-    post_ops.append_binary(dnnl::algorithm::binary_add, residual_desc);
+    post_ops.append_binary(dnnl::algorithm::binary_add, dst);
   }
   dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops);
 
+  const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
+  std::unordered_map<int, memory> args{{DNNL_ARG_DST, Bind(dst, y)}};
+  if (residual.defined()) {
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(dst, residual));
+  }
   // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
+  const bool dense = rows.stride(0) == in && weight.stride(1) == 1 && weight.stride(0) == in &&
+                     (!bias.defined() || bias.stride(0) == 1);
+  if (m >= kInnerProductMinRows && dense && x.scalar_type() == at::kFloat) {
+    const auto weights = Describe(weight, {out, in}, {in, 1});
+    memory::desc bias_desc;
+    if (bias.defined()) bias_desc = Describe(bias, {out}, {1});
+    const dnnl::inner_product_forward::primitive_desc plan(
+        dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights, bias_desc, dst), attr,
+        Engine());
+    WarnIfReference(plan);
+    args.emplace(DNNL_ARG_SRC, Bind(src, rows));
+    args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, weight));
+    if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
+    dnnl::inner_product_forward(plan).execute(Stream(), args);
+    return y;
+  }
+
+  // The weight [out,in] read as the [in,out] matrix the product needs.
+  const auto weights = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
+  memory::desc bias_desc;
+  if (bias.defined()) bias_desc = Describe(bias, {1, out}, {out, bias.stride(0)});
   const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
   WarnIfReference(plan);
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Bind(src, rows)},
-                                       {DNNL_ARG_WEIGHTS, Bind(weights, weight)},
-                                       {DNNL_ARG_DST, Bind(dst, y)}};
+  args.emplace(DNNL_ARG_SRC, Bind(src, rows));
+  args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, weight));
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
-  if (residual.defined()) {
-    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(residual_desc, residual));
-  }
   dnnl::matmul(plan).execute(Stream(), args);
   return y;
 }

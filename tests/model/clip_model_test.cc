@@ -7,6 +7,7 @@
 
 #include "io/state_dict.h"
 #include "model/linear.h"
+#include "model/onednn_ops.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "test_util.h"
@@ -252,26 +253,34 @@ TEST(LinearTest, EpiloguesMatchLibtorchsOps) {
   if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
   torch::manual_seed(6);
   torch::NoGradGuard no_grad;
-  auto x = torch::randn({2, 9, 32}), weight = torch::randn({48, 32}) * 0.2, bias = torch::randn({48});
-  auto residual = torch::randn({2, 9, 48});
-  const auto product = at::linear(x, weight, bias);
-  const std::pair<Activation, at::Tensor> expected[] = {
-      {Activation::kGelu, torch::gelu(product)},
-      {Activation::kQuickGelu, product * torch::sigmoid(1.702 * product)},
-      {Activation::kNone, product + residual}};
-  for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
-    GemmLibraryScope scope(library);
-    for (const auto& [activation, want] : expected) {
-      const Epilogue epilogue{activation, activation == Activation::kNone ? residual : at::Tensor()};
-      EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, epilogue), want, 1e-5, 1e-5))
-          << GemmLibraryName(library) << " activation " << static_cast<int>(activation);
+  // 18 rows run on oneDNN's matmul primitive, 2·(kInnerProductMinRows/2 + 1) on its inner product.
+  for (const int64_t tokens : {int64_t{9}, onednn::kInnerProductMinRows / 2 + 1}) {
+    auto x = torch::randn({2, tokens, 32}), weight = torch::randn({48, 32}) * 0.2, bias = torch::randn({48});
+    auto residual = torch::randn({2, tokens, 48});
+    const auto product = at::linear(x, weight, bias);
+    const std::pair<Activation, at::Tensor> expected[] = {
+        {Activation::kGelu, torch::gelu(product)},
+        {Activation::kQuickGelu, product * torch::sigmoid(1.702 * product)},
+        {Activation::kNone, product + residual}};
+    for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
+      GemmLibraryScope scope(library);
+      for (const auto& [activation, want] : expected) {
+        const Epilogue epilogue{activation, activation == Activation::kNone ? residual : at::Tensor()};
+        EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, epilogue), want, 1e-5, 1e-5))
+            << GemmLibraryName(library) << " activation " << static_cast<int>(activation) << " rows " << 2 * tokens;
+      }
+      EXPECT_TRUE(torch::allclose(Linear(x, weight, {}), at::linear(x, weight), 1e-5, 1e-5));
+      // A residual that is a strided view (every other row of a longer sequence) is read in place.
+      auto longer = torch::randn({2, 2 * tokens, 48});
+      longer.slice(1, 0, 2 * tokens, 2).copy_(residual);
+      EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, {Activation::kNone, longer.slice(1, 0, 2 * tokens, 2)}),
+                                  product + residual, 1e-5, 1e-5))
+          << GemmLibraryName(library);
+      // So is an input that is a column slice of a wider tensor (the matmul primitive at any size).
+      auto wide = torch::randn({2, tokens, 80});
+      wide.narrow(2, 10, 32).copy_(x);
+      EXPECT_TRUE(torch::allclose(Linear(wide.narrow(2, 10, 32), weight, bias), product, 1e-5, 1e-5));
     }
-    // A residual that is a strided view (every other row of a longer sequence) is read in place.
-    auto longer = torch::randn({2, 18, 48});
-    longer.slice(1, 0, 18, 2).copy_(residual);
-    EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, {Activation::kNone, longer.slice(1, 0, 18, 2)}),
-                                product + residual, 1e-5, 1e-5))
-        << GemmLibraryName(library);
   }
 }
 
