@@ -169,7 +169,7 @@ absl::Status Adapt(const Engine& engine, const at::Tensor& patches, const at::Te
   }
   for (const auto& [key, members] : groups) {
     auto tta_options = option(members.front()).tta_options;
-    if (engine.vision_dtype == torch::kBFloat16) tta_options.compute_dtype = torch::kBFloat16;
+    tta_options.compute_dtype = engine.tta_dtype;
     ANOCLIP_ASSIGN_OR_RETURN(auto adapter, TestTimeAdapter::Create(tta_options));
     const auto start = Clock::now();
     auto index = torch::tensor(members, torch::kLong).to(engine.device);

@@ -17,6 +17,7 @@
 #include "common/status_macros.h"
 #include "io/state_dict.h"
 #include "model/int8_linear.h"
+#include "model/onednn_ops.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -244,6 +245,12 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
                                          : model::FasterGemmLibrary(model::LargestVisionGemm(engine->config, 1));
       model::SetGemmLibrary(engine->gemm_library);
     }
+    // The adapter trains, which int8 cannot; where the CPU multiplies bfloat16 natively, int8's
+    // adapter runs its products in bfloat16 as bf16's does (docs/performance.md).
+    const bool native_bf16 = engine->gemm_library == model::GemmLibrary::kOneDnn && model::onednn::HasNativeBfloat16();
+    engine->tta_dtype = engine->vision_dtype == torch::kBFloat16 || (options.precision == "int8" && native_bf16)
+                            ? torch::kBFloat16
+                            : torch::kFloat32;
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("loading the model failed: ", error.what_without_backtrace()));
   }

@@ -23,7 +23,8 @@ struct Engine {
   model::ClipModel model{nullptr};
   torch::Device device{torch::kCPU};
   torch::Dtype dtype = torch::kFloat32;         // the text tower's
-  torch::Dtype vision_dtype = torch::kFloat32;  // the vision tower's, and the TTA products' dtype
+  torch::Dtype vision_dtype = torch::kFloat32;  // the vision tower's
+  torch::Dtype tta_dtype = torch::kFloat32;     // the TTA adapter's products' (TtaOptions::compute_dtype)
   std::string model_id;
   std::string device_name;
   model::GemmLibrary gemm_library = model::GemmLibrary::kBlas;  // selected for the process at load

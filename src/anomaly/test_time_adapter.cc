@@ -1,35 +1,88 @@
 #include "anomaly/test_time_adapter.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "anomaly/scorer.h"
 #include "model/linear.h"
 
 namespace anoclip::anomaly {
-namespace F = torch::nn::functional;
 namespace {
 
-at::Tensor Normalize(const at::Tensor& x) { return F::normalize(x, F::NormalizeFuncOptions().dim(-1)); }
+constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8, kWeightDecay = 0.01;
 
-// prob(X) of §7 for a batch: X [B,M,D], W/T [B,2N,D], b [B,2N], t [B,2,D] -> [B,M,2]. The two
-// products run in `compute`, everything else in float32.
-at::Tensor AdaptedProbabilities(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                const at::Tensor& prompts, const at::Tensor& text_features,
-                                at::ScalarType compute) {
-  // a [B,M,K] times the transpose of b [B,N,K], per image.
-  auto product = [compute](const at::Tensor& a, const at::Tensor& b) {
-    if (compute != a.scalar_type()) return at::bmm(a.to(compute), b.transpose(1, 2).to(compute)).to(a.scalar_type());
-    // In float32 each image's product goes through the process's GEMM library (model/linear.h).
-    std::vector<at::Tensor> images;
-    for (int64_t i = 0; i < a.size(0); ++i) images.push_back(model::TrainableLinear(a[i], b[i]));
-    return torch::stack(images);
-  };
-  auto gate = torch::tanh(product(Normalize(x), weight) + bias.unsqueeze(1));
-  auto adapted = 0.5 * x + 0.5 * product(gate, prompts.transpose(1, 2));
-  return StateProbabilities(adapted, text_features);
+// Rows scaled to unit length, as F::normalize (norms clamped at 1e-12); also returns the norms.
+std::pair<at::Tensor, at::Tensor> NormalizeRows(const at::Tensor& x) {
+  auto norms = x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
+  return {x / norms, norms};
+}
+
+// x [R,in] · weightᵀ ([out,in]) + bias, then `activation`, in `compute` (float32 or bfloat16) and
+// returned in float32: through the process's GEMM library (model/linear.h).
+at::Tensor Product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                   model::Activation activation, at::ScalarType compute) {
+  if (compute == x.scalar_type()) return model::Linear(x, weight, bias, {activation, {}});
+  return model::Linear(x.to(compute), weight.to(compute), bias.defined() ? bias.to(compute) : bias, {activation, {}})
+      .to(x.scalar_type());
+}
+
+// What one image's adapter computes from its tokens and keeps for the backward pass.
+struct Forward {
+  at::Tensor normalized;  // norm(X) [R,D]
+  at::Tensor gate;        // tanh(norm(X)·Wᵀ + b) [R,2N]
+  at::Tensor unit;        // Φ(X) scaled to unit rows [R,D]
+  at::Tensor norms;       // |2·Φ(X)| per row [R,1]
+  at::Tensor probs;       // prob(X) [R,2]: normal, abnormal
+};
+
+// prob(X) of §7 for one image: X [R,D], W and T [2N,D], b [2N], t [2,D]. 2·Φ(X) = X + gate·T is
+// used in place of Φ(X): the probabilities only see it normalised.
+Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const at::Tensor& weight,
+                       const at::Tensor& bias, const at::Tensor& prompts, const at::Tensor& text_features,
+                       at::ScalarType compute) {
+  Forward f;
+  f.normalized = normalized;
+  f.gate = Product(normalized, weight, bias, model::Activation::kTanh, compute);
+  // gate·T as a linear layer whose weight is Tᵀ [D,2N], read in place through its strides.
+  const auto doubled = x + Product(f.gate, prompts.t(), {}, model::Activation::kNone, compute);
+  std::tie(f.unit, f.norms) = NormalizeRows(doubled);
+  f.probs = at::softmax(at::matmul(f.unit, text_features.t()), -1);
+  return f;
+}
+
+// AdamW as torch.optim.AdamW (decoupled weight decay, then the bias-corrected moments), for one
+// parameter at its step-th update (from 1).
+struct AdamWState {
+  at::Tensor exp_avg, exp_avg_sq;
+};
+
+void AdamWStep(double lr, int step, const at::Tensor& param, const at::Tensor& grad, AdamWState& state) {
+  const double correction1 = 1 - std::pow(kBeta1, step), correction2 = 1 - std::pow(kBeta2, step);
+  if (param.device().is_cpu() && param.scalar_type() == at::kFloat && param.is_contiguous() && grad.is_contiguous()) {
+    // One pass over the four tensors instead of nine of libtorch's element-wise ops.
+    float* p = param.data_ptr<float>();
+    const float* g = grad.data_ptr<float>();
+    float* m = state.exp_avg.data_ptr<float>();
+    float* v = state.exp_avg_sq.data_ptr<float>();
+    const float decay = static_cast<float>(1 - lr * kWeightDecay), beta1 = kBeta1, beta2 = kBeta2;
+    const float keep1 = static_cast<float>(1 - kBeta1), keep2 = static_cast<float>(1 - kBeta2);
+    const float sqrt_correction2 = static_cast<float>(std::sqrt(correction2)), eps = kEps;
+    const float step_size = static_cast<float>(lr / correction1);
+    at::parallel_for(0, param.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        m[i] = m[i] * beta1 + keep1 * g[i];
+        v[i] = v[i] * beta2 + keep2 * g[i] * g[i];
+        p[i] = p[i] * decay - step_size * (m[i] / (std::sqrt(v[i]) / sqrt_correction2 + eps));
+      }
+    });
+    return;
+  }
+  param.mul_(1 - lr * kWeightDecay);
+  state.exp_avg.mul_(kBeta1).add_(grad, 1 - kBeta1);
+  state.exp_avg_sq.mul_(kBeta2).addcmul_(grad, grad, 1 - kBeta2);
+  param.addcdiv_(state.exp_avg, state.exp_avg_sq.sqrt().div_(std::sqrt(correction2)).add_(kEps), -lr / correction1);
 }
 
 }  // namespace
@@ -54,69 +107,78 @@ absl::StatusOr<TestTimeAdapter> TestTimeAdapter::Create(const TtaOptions& option
 
 TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const at::Tensor& prompts,
                                  const at::Tensor& text_features) const {
-  torch::AutoGradMode enable_grad(true);
-  const int64_t batch = patches.size(0), tokens = patches.size(1), dim = patches.size(2);
-  const int64_t rows = prompts.size(1);
-  const auto options = patches.options();
-
-  // One generator per image, so an image's draws do not depend on its batch.
-  std::vector<at::Generator> generators;
+  at::NoGradGuard no_grad;  // the gradients below are written out, not traced
+  const int64_t batch = patches.size(0);
+  TtaResult result;
+  result.losses.assign(batch, {});
+  std::vector<at::Tensor> probs;
   for (int64_t i = 0; i < batch; ++i) {
-    generators.push_back(at::make_generator<at::CPUGeneratorImpl>(options_.seed));
+    probs.push_back(AdaptImage(i, patches[i], prompts[i], text_features[i], result.losses[i]));
   }
+  result.patch_probs = at::stack(probs);
+  return result;
+}
+
+// One image's adaptation. Images adapt one at a time: each has its own W and b, AdamW is
+// element-wise and the summed loss separates per image, so this equals adapting the batch at
+// once, and one image's tensors stay in the cache.
+at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches, const at::Tensor& prompts,
+                                       const at::Tensor& text_features, std::vector<float>& losses) const {
+  const int64_t tokens = patches.size(0), dim = patches.size(1), rows = prompts.size(0);
+  const auto options = patches.options();
+  // One generator per image, so an image's draws do not depend on its batch.
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
 
   at::Tensor weight, bias;
   if (options_.init == TtaInit::kText) {
-    weight = prompts.detach().clone();
-    bias = torch::zeros({batch, rows}, options);
+    weight = prompts.clone();
+    bias = at::zeros({rows}, options);
   } else {
     // nn.Linear's default: kaiming_uniform(a=√5) and a bias of the same bound, both 1/√fan_in.
     const double bound = 1.0 / std::sqrt(static_cast<double>(dim));
-    std::vector<at::Tensor> ws, bs;
-    for (int64_t i = 0; i < batch; ++i) {
-      ws.push_back(at::empty({rows, dim}).uniform_(-bound, bound, generators[i]));
-      bs.push_back(at::empty({rows}).uniform_(-bound, bound, generators[i]));
-    }
-    weight = torch::stack(ws).to(options);
-    bias = torch::stack(bs).to(options);
+    weight = at::empty({rows, dim}).uniform_(-bound, bound, generator).to(options);
+    bias = at::empty({rows}).uniform_(-bound, bound, generator).to(options);
   }
-  weight.set_requires_grad(true);
-  bias.set_requires_grad(true);
+  AdamWState weight_state{at::zeros_like(weight), at::zeros_like(weight)};
+  AdamWState bias_state{at::zeros_like(bias), at::zeros_like(bias)};
 
-  torch::optim::AdamW optimizer(
-      {weight, bias}, torch::optim::AdamWOptions(options_.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
-
-  const auto x = patches.detach();
-  const auto t = prompts.detach();
-  const auto features = text_features.detach();
-  TtaResult result;
-  result.losses.assign(batch, {});
+  const auto clean_normalized = NormalizeRows(patches).first;
+  const double inverse_tokens = 1.0 / static_cast<double>(tokens);
   for (int step = 0; step < options_.steps; ++step) {
-    std::vector<at::Tensor> deltas;
-    for (int64_t i = 0; i < batch; ++i) {
-      deltas.push_back(options_.noise ? options_.noise(step, i, {tokens, dim}).to(torch::kFloat32).cpu()
-                                      : at::randn({tokens, dim}, generators[i]) * options_.sigma);
-    }
-    const auto noisy = x + torch::stack(deltas).to(options);
+    const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim}).to(options)
+                                      : (at::randn({tokens, dim}, generator) * options_.sigma).to(options);
+    const auto noisy = patches + delta;
+    // Clean and noisy tokens go through the adapter as one [2M,D] block: half the product calls.
+    const auto x = at::cat({patches, noisy});
+    const Forward f = AdapterForward(x, at::cat({clean_normalized, NormalizeRows(noisy).first}), weight, bias,
+                                     prompts, text_features, options_.compute_dtype);
+    const auto p0 = f.probs.narrow(0, 0, tokens), p1 = f.probs.narrow(0, tokens, tokens);
+    const auto log_p0 = p0.log(), log_p1_abnormal = p1.select(1, 1).log();
 
-    // Clean and noisy tokens go through the adapter as one [B,2M,D] batch: half the matmul calls.
-    auto both = AdaptedProbabilities(torch::cat({x, noisy}, 1), weight, bias, t, features, options_.compute_dtype);
-    auto p0 = both.narrow(1, 0, tokens);
-    auto p1 = both.narrow(1, tokens, tokens);
-    auto entropy = -(p0 * p0.log()).sum(-1).mean(-1);
-    auto consistency = (-p1.select(-1, 1).log() - p0.select(-1, 0).log()).mean(-1);
-    auto loss = entropy + 0.5 * consistency;  // [B]
+    // loss = mean_i(−Σ_c p0·log p0) + 0.5·mean_i(−log p1_abnormal − log p0_normal)
+    const auto loss = -(p0 * log_p0).sum(-1).mean() + 0.5 * (-log_p1_abnormal - log_p0.select(1, 0)).mean();
+    losses.push_back(loss.item<float>());
 
-    auto loss_cpu = loss.detach().cpu();
-    for (int64_t i = 0; i < batch; ++i) result.losses[i].push_back(loss_cpu[i].item<float>());
-    optimizer.zero_grad();
-    loss.sum().backward();
-    optimizer.step();
+    // Its gradient, back through the adapter to W and b.
+    auto d_probs = at::zeros_like(f.probs);
+    auto d_p0 = d_probs.narrow(0, 0, tokens);
+    d_p0.copy_((log_p0 + 1) * -inverse_tokens);
+    d_p0.select(1, 0).sub_(0.5 * inverse_tokens / p0.select(1, 0));
+    d_probs.narrow(0, tokens, tokens).select(1, 1).copy_(-0.5 * inverse_tokens / p1.select(1, 1));
+    const auto d_logits = f.probs * (d_probs - (f.probs * d_probs).sum(-1, true));         // softmax
+    const auto d_unit = at::matmul(d_logits, text_features);                                // [2M,D]
+    const auto d_doubled = (d_unit - f.unit * (f.unit * d_unit).sum(-1, true)) / f.norms;  // row normalisation
+    const auto d_gate = Product(d_doubled, prompts, {}, model::Activation::kNone, options_.compute_dtype);
+    const auto d_preactivation = at::tanh_backward(d_gate, f.gate);
+    // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
+    const auto d_weight = Product(d_preactivation.t(), f.normalized.t(), {}, model::Activation::kNone,
+                                  options_.compute_dtype);
+    const auto d_bias = d_preactivation.sum(0);
+    AdamWStep(options_.lr, step + 1, weight, d_weight.contiguous(), weight_state);
+    AdamWStep(options_.lr, step + 1, bias, d_bias.contiguous(), bias_state);
   }
-
-  torch::NoGradGuard no_grad;
-  result.patch_probs = AdaptedProbabilities(x, weight, bias, t, features, options_.compute_dtype).select(-1, 1);
-  return result;
+  return AdapterForward(patches, clean_normalized, weight, bias, prompts, text_features, options_.compute_dtype)
+      .probs.select(1, 1);
 }
 
 }  // namespace anoclip::anomaly

@@ -2,11 +2,11 @@
 // tokens, trained for a few AdamW steps on an entropy + noise-consistency loss, then used to
 // re-score the patches.
 //
-// A whole batch adapts at once: every image keeps its own W [2N,D] and b [2N] (batched matmuls
-// over [B,2N,D]); since AdamW is element-wise and the summed loss separates per image, the
-// result per image equals adapting it alone. Each image draws its noise and random init from its
-// own generator seeded with its seed, so results do not depend on the batch. Stateless between
-// calls; safe to call from several threads.
+// Every image keeps its own W [2N,D] and b [2N] and adapts alone, so results do not depend on the
+// batch; each draws its noise and random init from its own generator seeded with the seed. The
+// loss's gradient is written out (docs/algorithm.md §7) rather than traced by autograd: the four
+// products per step go through the process's GEMM library and the element-wise work is a handful
+// of passes. Stateless between calls; safe to call from several threads.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -60,6 +60,9 @@ class TestTimeAdapter {
 
  private:
   explicit TestTimeAdapter(TtaOptions options) : options_(std::move(options)) {}
+  // patches [M,D], prompts [2N,D], text_features [2,D] of batch entry `image`; appends the losses.
+  at::Tensor AdaptImage(int64_t image, const at::Tensor& patches, const at::Tensor& prompts,
+                        const at::Tensor& text_features, std::vector<float>& losses) const;
   TtaOptions options_;
 };
 

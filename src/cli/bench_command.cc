@@ -244,7 +244,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     return 1;
   }
   anomaly::TtaOptions tta_options;  // the adapter's products in the mode the Detector uses
-  if (loaded.vision_dtype == torch::kBFloat16) tta_options.compute_dtype = torch::kBFloat16;
+  tta_options.compute_dtype = loaded.tta_dtype;
   auto adapter = anomaly::TestTimeAdapter::Create(tta_options);
   std::map<int64_t, std::vector<double>> tta;
   for (int64_t batch : {1, 8}) {
@@ -359,6 +359,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   out["blas"] = BlasLibraryPath();
   out["blas_kernels"] = OpenBlasCoreName();
   out["gemm_library"] = detector->gemm_library();  // what --gemm chose for the forwards
+  out["tta_dtype"] = loaded.tta_dtype == torch::kBFloat16 ? "bf16" : "fp32";  // the adapter's products
   out["device"] = loaded.device_name;
   out["model"] = detector->model_id();
   out["image_size"] = size;

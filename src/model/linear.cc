@@ -1,7 +1,6 @@
 #include "model/linear.h"
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,24 +13,6 @@ namespace anoclip::model {
 namespace {
 
 std::atomic<GemmLibrary> selected{GemmLibrary::kBlas};
-
-// y = x·wᵀ for autograd: dx = dy·w and dw = dyᵀ·x, each again a oneDNN product.
-struct OneDnnProduct : torch::autograd::Function<OneDnnProduct> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight) {
-    ctx->save_for_backward({x, weight});
-    return onednn::Linear(x, weight, {}, {});
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &weight = saved[1], &dy = grads[0];
-    at::Tensor dx, dweight;
-    // The transposes are views: oneDNN reads them through their strides.
-    if (ctx->needs_input_grad(0)) dx = onednn::Linear(dy, weight.t(), {}, {});
-    if (ctx->needs_input_grad(1)) dweight = onednn::Linear(dy.t(), x.t(), {}, {});
-    return {dx, dweight};
-  }
-};
 
 // oneDNN takes the float32 and bfloat16 CPU products; everything else stays on libtorch's own path.
 bool OnOneDnn(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight) {
@@ -83,6 +64,7 @@ at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue) {
     case Activation::kNone: break;
     case Activation::kGelu: y = at::gelu(y); break;
     case Activation::kQuickGelu: y = y * at::sigmoid(1.702 * y); break;
+    case Activation::kTanh: y = at::tanh(y); break;
   }
   return epilogue.residual.defined() ? epilogue.residual + y : y;
 }
@@ -93,13 +75,6 @@ bool OnOneDnn(const at::Tensor& x) {
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
   return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias, epilogue);
-}
-
-at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight) {
-  if (OnOneDnn(selected.load(std::memory_order_relaxed), x, weight) && x.scalar_type() == at::kFloat) {
-    return OneDnnProduct::apply(x, weight);
-  }
-  return at::linear(x, weight);
 }
 
 }  // namespace anoclip::model

@@ -29,7 +29,7 @@ GemmLibrary CurrentGemmLibrary();
 // where libtorch has no oneDNN). Ten products: about 0.1 s for a ViT-B, first calls included.
 GemmLibrary FasterGemmLibrary(const GemmShape& shape);
 
-enum class Activation { kNone, kGelu, kQuickGelu };  // kQuickGelu: x·sigmoid(1.702·x)
+enum class Activation { kNone, kGelu, kQuickGelu, kTanh };  // kQuickGelu: x·sigmoid(1.702·x)
 
 // What a layer applies to its product: the activation, then the residual added (same shape as
 // the output). oneDNN applies both while it writes the output; elsewhere they are libtorch ops.
@@ -49,10 +49,5 @@ bool OnOneDnn(const at::Tensor& x);
 // when OnOneDnn(x); everything else is libtorch's linear (the BLAS for float32).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                   const Epilogue& epilogue = {});
-
-// x [M,in] · weightᵀ ([out,in]) -> [M,out], differentiable in both (the TTA adapter's products,
-// which train under autograd): through oneDNN when it is selected and x is float32 on the CPU,
-// forward and backward alike; else libtorch's linear.
-at::Tensor TrainableLinear(const at::Tensor& x, const at::Tensor& weight);
 
 }  // namespace anoclip::model

@@ -67,6 +67,7 @@ dnnl::post_ops PostOps(const Epilogue& epilogue) {
     case Activation::kGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f); break;
     // x·sigmoid(1.702·x) is oneDNN's swish with alpha 1.702.
     case Activation::kQuickGelu: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.702f, 0.0f); break;
+    case Activation::kTanh: post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0.0f, 0.0f); break;
   }
   return post_ops;
 }
@@ -139,6 +140,12 @@ void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {
   const dnnl_status_t status = dnnl_sgemm('N', 'T', m, n, k, 1.0f, x.data_ptr<float>(), k, weight.data_ptr<float>(), k,
                                           0.0f, y.data_ptr<float>(), n);
   TORCH_CHECK(status == dnnl_success, "dnnl_sgemm failed with status ", static_cast<int>(status));
+}
+
+bool HasNativeBfloat16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & bf16) == bf16;  // oneDNN's ISA values contain the bits of every ISA below them
 }
 
 void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,

@@ -29,6 +29,10 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // bench's reference rate for oneDNN next to the matmul primitive that Linear runs.
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);
 
+// Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bfloat16 products
+// run about twice as fast as float32's; elsewhere oneDNN emulates them, slower than float32.
+bool HasNativeBfloat16();
+
 // Per head, softmax(scale · q·kᵀ + mask)·v, written into `out` [B,Lq,h·d] with the heads side by
 // side. q [B,h,Lq,d], k and v [B,h,Lk,d]: float32 or bfloat16 CPU views with any strides (the
 // projection's output, split into heads, is read in place); mask [Lq,Lk], added to the scaled

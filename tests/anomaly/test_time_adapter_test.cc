@@ -1,0 +1,120 @@
+#include "anomaly/test_time_adapter.h"
+
+#include <torch/torch.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "model/linear.h"
+
+namespace anoclip::anomaly {
+namespace {
+
+namespace F = torch::nn::functional;
+using model::GemmLibrary;
+
+at::Tensor Normalize(const at::Tensor& x) { return F::normalize(x, F::NormalizeFuncOptions().dim(-1)); }
+
+// docs/algorithm.md §7 as written, one image: autograd traces the loss and torch::optim::AdamW
+// updates W and b, drawing from one generator seeded with `seed` in the adapter's order (random
+// init, then each step's noise).
+std::pair<at::Tensor, std::vector<float>> TracedAdaptation(const at::Tensor& patches, const at::Tensor& prompts,
+                                                           const at::Tensor& text, const TtaOptions& options) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  at::Tensor weight, bias;
+  if (options.init == TtaInit::kText) {
+    weight = prompts.clone();
+    bias = torch::zeros({prompts.size(0)});
+  } else {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(patches.size(1)));
+    weight = at::empty(prompts.sizes()).uniform_(-bound, bound, generator);
+    bias = at::empty({prompts.size(0)}).uniform_(-bound, bound, generator);
+  }
+  weight.set_requires_grad(true);
+  bias.set_requires_grad(true);
+  torch::optim::AdamW optimizer({weight, bias},
+                                torch::optim::AdamWOptions(options.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
+  auto probabilities = [&](const at::Tensor& x) {
+    auto adapted = 0.5 * x + 0.5 * at::matmul(torch::tanh(at::matmul(Normalize(x), weight.t()) + bias), prompts);
+    return at::softmax(at::matmul(Normalize(adapted), text.t()), -1);
+  };
+  std::vector<float> losses;
+  for (int step = 0; step < options.steps; ++step) {
+    auto p0 = probabilities(patches);
+    auto p1 = probabilities(patches + at::randn(patches.sizes(), generator) * options.sigma);
+    auto loss = -(p0 * p0.log()).sum(-1).mean() + 0.5 * (-p1.select(1, 1).log() - p0.select(1, 0).log()).mean();
+    losses.push_back(loss.item<float>());
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+  }
+  torch::NoGradGuard no_grad;
+  return {probabilities(patches).select(1, 1), losses};
+}
+
+class TestTimeAdapterTest : public ::testing::TestWithParam<std::tuple<GemmLibrary, TtaInit>> {};
+
+// The written-out gradients and the fused AdamW against autograd and libtorch's AdamW, through
+// either GEMM library, with both initialisations, a batch of two images with their own prompts.
+TEST_P(TestTimeAdapterTest, MatchesTracedGradientsAndLibtorchsAdamW) {
+  const auto [library, init] = GetParam();
+  if (!model::ParseGemmLibrary(model::GemmLibraryName(library)).ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  const GemmLibrary previous = model::CurrentGemmLibrary();
+  model::SetGemmLibrary(library);
+  torch::manual_seed(21);
+  const int64_t tokens = 30, dim = 24, rows = 14;
+  auto patches = torch::randn({2, tokens, dim}) * 3, prompts = Normalize(torch::randn({2, rows, dim}));
+  auto text = Normalize(torch::randn({2, 2, dim}));
+  TtaOptions options;
+  options.lr = 0.05;  // large enough that five steps move W and b well away from where they start
+  options.sigma = 0.3;
+  options.init = init;
+  options.seed = 9;
+  auto adapter = TestTimeAdapter::Create(options);
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  const TtaResult result = adapter->Adapt(patches, prompts, text);
+  model::SetGemmLibrary(previous);
+
+  ASSERT_EQ(result.patch_probs.sizes(), (std::vector<int64_t>{2, tokens}));
+  for (int64_t image = 0; image < 2; ++image) {
+    const auto [want, want_losses] = TracedAdaptation(patches[image], prompts[image], text[image], options);
+    ASSERT_EQ(result.losses[image].size(), want_losses.size());
+    for (size_t step = 0; step < want_losses.size(); ++step) {
+      EXPECT_NEAR(result.losses[image][step], want_losses[step], 1e-5) << "image " << image << " step " << step;
+    }
+    EXPECT_LT((result.patch_probs[image] - want).abs().max().item<float>(), 1e-5) << "image " << image;
+    // The adaptation did move the probabilities (else the comparison above would prove little).
+    TtaOptions one_step = options;
+    one_step.steps = 1;
+    const auto start = TracedAdaptation(patches[image], prompts[image], text[image], one_step).first;
+    EXPECT_GT((want - start).abs().max().item<float>(), 1e-3) << "image " << image;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(LibrariesAndInits, TestTimeAdapterTest,
+                         ::testing::Combine(::testing::Values(GemmLibrary::kBlas, GemmLibrary::kOneDnn),
+                                            ::testing::Values(TtaInit::kText, TtaInit::kRandom)),
+                         [](const auto& info) {
+                           return std::string(model::GemmLibraryName(std::get<0>(info.param))) +
+                                  (std::get<1>(info.param) == TtaInit::kText ? "_text" : "_random");
+                         });
+
+// bfloat16 products follow float32's within bfloat16's rounding.
+TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {
+  torch::manual_seed(22);
+  auto patches = torch::randn({1, 40, 32}) * 3, prompts = Normalize(torch::randn({1, 20, 32}));
+  auto text = Normalize(torch::randn({1, 2, 32}));
+  TtaOptions options;
+  auto fp32 = TestTimeAdapter::Create(options);
+  options.compute_dtype = at::kBFloat16;
+  auto bf16 = TestTimeAdapter::Create(options);
+  ASSERT_TRUE(fp32.ok() && bf16.ok());
+  const auto want = fp32->Adapt(patches, prompts, text).patch_probs;
+  const auto got = bf16->Adapt(patches, prompts, text).patch_probs;
+  EXPECT_LT((got - want).abs().max().item<float>(), 2e-2);
+}
+
+}  // namespace
+}  // namespace anoclip::anomaly
