@@ -1,17 +1,15 @@
 #include "anomaly/test_time_adapter.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "anomaly/adamw.h"
 #include "model/linear.h"
 
 namespace anoclip::anomaly {
 namespace {
-
-constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8, kWeightDecay = 0.01;
 
 // Rows scaled to unit length, as F::normalize (norms clamped at 1e-12); also returns the norms.
 std::pair<at::Tensor, at::Tensor> NormalizeRows(const at::Tensor& x) {
@@ -50,39 +48,6 @@ Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const 
   std::tie(f.unit, f.norms) = NormalizeRows(doubled);
   f.probs = at::softmax(at::matmul(f.unit, text_features.t()), -1);
   return f;
-}
-
-// AdamW as torch.optim.AdamW (decoupled weight decay, then the bias-corrected moments), for one
-// parameter at its step-th update (from 1).
-struct AdamWState {
-  at::Tensor exp_avg, exp_avg_sq;
-};
-
-void AdamWStep(double lr, int step, const at::Tensor& param, const at::Tensor& grad, AdamWState& state) {
-  const double correction1 = 1 - std::pow(kBeta1, step), correction2 = 1 - std::pow(kBeta2, step);
-  if (param.device().is_cpu() && param.scalar_type() == at::kFloat && param.is_contiguous() && grad.is_contiguous()) {
-    // One pass over the four tensors instead of nine of libtorch's element-wise ops.
-    float* p = param.data_ptr<float>();
-    const float* g = grad.data_ptr<float>();
-    float* m = state.exp_avg.data_ptr<float>();
-    float* v = state.exp_avg_sq.data_ptr<float>();
-    const float decay = static_cast<float>(1 - lr * kWeightDecay), beta1 = kBeta1, beta2 = kBeta2;
-    const float keep1 = static_cast<float>(1 - kBeta1), keep2 = static_cast<float>(1 - kBeta2);
-    const float sqrt_correction2 = static_cast<float>(std::sqrt(correction2)), eps = kEps;
-    const float step_size = static_cast<float>(lr / correction1);
-    at::parallel_for(0, param.numel(), 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        m[i] = m[i] * beta1 + keep1 * g[i];
-        v[i] = v[i] * beta2 + keep2 * g[i] * g[i];
-        p[i] = p[i] * decay - step_size * (m[i] / (std::sqrt(v[i]) / sqrt_correction2 + eps));
-      }
-    });
-    return;
-  }
-  param.mul_(1 - lr * kWeightDecay);
-  state.exp_avg.mul_(kBeta1).add_(grad, 1 - kBeta1);
-  state.exp_avg_sq.mul_(kBeta2).addcmul_(grad, grad, 1 - kBeta2);
-  param.addcdiv_(state.exp_avg, state.exp_avg_sq.sqrt().div_(std::sqrt(correction2)).add_(kEps), -lr / correction1);
 }
 
 }  // namespace
@@ -139,8 +104,9 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     weight = at::empty({rows, dim}).uniform_(-bound, bound, generator).to(options);
     bias = at::empty({rows}).uniform_(-bound, bound, generator).to(options);
   }
-  AdamWState weight_state{at::zeros_like(weight), at::zeros_like(weight)};
-  AdamWState bias_state{at::zeros_like(bias), at::zeros_like(bias)};
+  AdamWSettings settings;
+  settings.lr = options_.lr;
+  AdamW weight_optimizer(weight, settings), bias_optimizer(bias, settings);
 
   const auto clean_normalized = NormalizeRows(patches).first;
   const double inverse_tokens = 1.0 / static_cast<double>(tokens);
@@ -174,8 +140,8 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     const auto d_weight = Product(d_preactivation.t(), f.normalized.t(), {}, model::Activation::kNone,
                                   options_.compute_dtype);
     const auto d_bias = d_preactivation.sum(0);
-    AdamWStep(options_.lr, step + 1, weight, d_weight.contiguous(), weight_state);
-    AdamWStep(options_.lr, step + 1, bias, d_bias.contiguous(), bias_state);
+    weight_optimizer.Step(d_weight);
+    bias_optimizer.Step(d_bias);
   }
   return AdapterForward(patches, clean_normalized, weight, bias, prompts, text_features, options_.compute_dtype)
       .probs.select(1, 1);

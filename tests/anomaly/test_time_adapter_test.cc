@@ -7,6 +7,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "anomaly/adamw.h"
 #include "model/linear.h"
 
 namespace anoclip::anomaly {
@@ -100,6 +101,36 @@ INSTANTIATE_TEST_SUITE_P(LibrariesAndInits, TestTimeAdapterTest,
                            return std::string(model::GemmLibraryName(std::get<0>(info.param))) +
                                   (std::get<1>(info.param) == TtaInit::kText ? "_text" : "_random");
                          });
+
+// The fused pass (contiguous float32 on the CPU) and libtorch's ops (any other tensor: here a
+// transposed view) against torch::optim::AdamW, over several steps.
+TEST(AdamWTest, BothPathsMatchLibtorch) {
+  torch::manual_seed(23);
+  const auto start = torch::randn({37, 29});
+  std::vector<at::Tensor> gradients;
+  for (int step = 0; step < 6; ++step) gradients.push_back(torch::randn({37, 29}) * (step + 1));
+  AdamWSettings settings;
+  settings.lr = 0.03;
+
+  auto want = start.clone().set_requires_grad(true);
+  torch::optim::AdamW reference({want}, torch::optim::AdamWOptions(settings.lr)
+                                            .betas({settings.beta1, settings.beta2})
+                                            .eps(settings.eps)
+                                            .weight_decay(settings.weight_decay));
+  auto fused = start.clone();
+  auto strided = start.t().contiguous().t();  // same values, column-major
+  ASSERT_FALSE(strided.is_contiguous());
+  AdamW fused_optimizer(fused, settings), strided_optimizer(strided, settings);
+  for (const auto& gradient : gradients) {
+    want.mutable_grad() = gradient.clone();
+    reference.step();
+    fused_optimizer.Step(gradient);
+    strided_optimizer.Step(gradient);
+  }
+  EXPECT_GT((want.detach() - start).abs().max().item<float>(), 0.1);  // the steps moved it
+  EXPECT_LT((fused - want.detach()).abs().max().item<float>(), 1e-6);
+  EXPECT_LT((strided - want.detach()).abs().max().item<float>(), 1e-6);
+}
 
 // bfloat16 products follow float32's within bfloat16's rounding.
 TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {

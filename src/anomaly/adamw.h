@@ -1,0 +1,32 @@
+// AdamW for one parameter tensor, as torch.optim.AdamW computes it (decoupled weight decay, then
+// bias-corrected moments), with the test-time adapter's settings (docs/algorithm.md §7). On the
+// CPU an update is one pass over parameter, gradient and moments instead of libtorch's nine
+// element-wise ops.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace anoclip::anomaly {
+
+struct AdamWSettings {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;
+};
+
+class AdamW {
+ public:
+  // Updates `parameter` in place; its moments start at zero.
+  AdamW(at::Tensor parameter, const AdamWSettings& settings);
+
+  // One update from `gradient` (the parameter's shape).
+  void Step(const at::Tensor& gradient);
+
+ private:
+  at::Tensor parameter_, exp_avg_, exp_avg_sq_;
+  AdamWSettings settings_;
+  int steps_ = 0;
+};
+
+}  // namespace anoclip::anomaly
