@@ -105,7 +105,7 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
   const bool dense = rows.stride(0) == in && weight.stride(1) == 1 && weight.stride(0) == in &&
                      (!bias.defined() || bias.stride(0) == 1);
-  if (m >= kInnerProductMinRows && dense && x.scalar_type() == at::kFloat) {
+  if (m >= kInnerProductMinRows && dense) {
     const auto weights = Describe(weight, {out, in}, {in, 1});
     memory::desc bias_desc;
     if (bias.defined()) bias_desc = Describe(bias, {out}, {1});
