@@ -295,12 +295,15 @@ TEST(LinearTest, AutogradStaysOnLibtorchsPathAndBfloat16FollowsFloat32) {
   y.sum().backward();
   EXPECT_TRUE(torch::allclose(weight.grad(), x.sum(0).expand({6, 8})));
   torch::NoGradGuard no_grad;
-  // bfloat16 operands (8 bits of mantissa), GELU fused: within bfloat16's rounding of float32.
-  const auto expected = torch::gelu(at::linear(x, weight, bias));
-  auto half = Linear(x.to(torch::kBFloat16), weight.detach().to(torch::kBFloat16), bias.to(torch::kBFloat16),
-                     {Activation::kGelu, {}});
-  EXPECT_EQ(half.scalar_type(), torch::kBFloat16);
-  EXPECT_TRUE(torch::allclose(half.to(torch::kFloat32), expected, 5e-2, 5e-2));
+  // bfloat16 operands (8 bits of mantissa), GELU fused: within bfloat16's rounding of float32, on
+  // the matmul primitive (4 rows) and on the inner product (kInnerProductMinRows rows).
+  for (const auto& rows : {x, torch::randn({onednn::kInnerProductMinRows, 8})}) {
+    const auto expected = torch::gelu(at::linear(rows, weight, bias));
+    auto half = Linear(rows.to(torch::kBFloat16), weight.detach().to(torch::kBFloat16), bias.to(torch::kBFloat16),
+                       {Activation::kGelu, {}});
+    EXPECT_EQ(half.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::allclose(half.to(torch::kFloat32), expected, 5e-2, 5e-2)) << rows.size(0) << " rows";
+  }
 }
 
 // The attention in bfloat16 through oneDNN follows float32's.
