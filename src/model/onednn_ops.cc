@@ -102,34 +102,30 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   if (residual.defined()) {
     args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(dst, residual));
   }
-  // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
   const bool dense = rows.stride(0) == in && weight.stride(1) == 1 && weight.stride(0) == in &&
                      (!bias.defined() || bias.stride(0) == 1);
-  if (m >= kInnerProductMinRows && dense) {
-    const auto weights = Describe(weight, {out, in}, {in, 1});
-    memory::desc bias_desc;
-    if (bias.defined()) bias_desc = Describe(bias, {out}, {1});
+  const bool inner_product = m >= kInnerProductMinRows && dense;
+  // The inner product reads the weight as it lies, [out,in]; the matmul reads it as the [in,out]
+  // matrix its product needs, through its strides.
+  const auto weights = inner_product ? Describe(weight, {out, in}, {in, 1})
+                                     : Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
+  memory::desc bias_desc;
+  if (bias.defined()) {
+    bias_desc = inner_product ? Describe(bias, {out}, {1}) : Describe(bias, {1, out}, {out, bias.stride(0)});
+    args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
+  }
+  args.emplace(DNNL_ARG_SRC, Bind(src, rows));
+  args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, weight));
+  // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
+  if (inner_product) {
     const dnnl::inner_product_forward::primitive_desc plan(
         dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, src, weights, bias_desc, dst), attr,
         Engine());
-    WarnIfReference(plan);
-    args.emplace(DNNL_ARG_SRC, Bind(src, rows));
-    args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, weight));
-    if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
-    dnnl::inner_product_forward(plan).execute(Stream(), args);
-    return y;
+    dnnl::inner_product_forward(WarnIfReference(plan)).execute(Stream(), args);
+  } else {
+    const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
+    dnnl::matmul(WarnIfReference(plan)).execute(Stream(), args);
   }
-
-  // The weight [out,in] read as the [in,out] matrix the product needs.
-  const auto weights = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
-  memory::desc bias_desc;
-  if (bias.defined()) bias_desc = Describe(bias, {1, out}, {out, bias.stride(0)});
-  const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
-  WarnIfReference(plan);
-  args.emplace(DNNL_ARG_SRC, Bind(src, rows));
-  args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, weight));
-  if (bias.defined()) args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
-  dnnl::matmul(plan).execute(Stream(), args);
   return y;
 }
 
