@@ -56,10 +56,6 @@ memory Bind(const memory::desc& desc, const at::Tensor& t) {
   return memory(desc, Engine(), const_cast<void*>(t.data_ptr()));
 }
 
-}  // namespace
-
-namespace {
-
 dnnl::post_ops PostOps(const Epilogue& epilogue) {
   dnnl::post_ops post_ops;
   switch (epilogue.activation) {
@@ -86,13 +82,15 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 
   dnnl::post_ops post_ops = PostOps(epilogue);
   at::Tensor residual;
+  memory::desc residual_desc;
   const auto dst = Describe(y, {m, out}, {out, 1});
   if (epilogue.residual.defined()) {
     TORCH_CHECK(epilogue.residual.numel() == m * out, "residual has ", epilogue.residual.numel(),
                 " elements, the product ", m * out);
     // Dense rows: a strided residual would send the product to oneDNN's reference kernel.
     residual = epilogue.residual.reshape({-1, out}).contiguous();
-    post_ops.append_binary(dnnl::algorithm::binary_add, dst);
+    residual_desc = Describe(residual, {m, out}, {out, 1});  // its own dtype, which may differ from y's
+    post_ops.append_binary(dnnl::algorithm::binary_add, residual_desc);
   }
   dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops);
@@ -100,7 +98,7 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
   std::unordered_map<int, memory> args{{DNNL_ARG_DST, Bind(dst, y)}};
   if (residual.defined()) {
-    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(dst, residual));
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(residual_desc, residual));
   }
   const bool dense = rows.stride(0) == in && weight.stride(1) == 1 && weight.stride(0) == in &&
                      (!bias.defined() || bias.stride(0) == 1);

@@ -303,6 +303,12 @@ TEST(LinearTest, AutogradStaysOnLibtorchsPathAndBfloat16FollowsFloat32) {
                        {Activation::kGelu, {}});
     EXPECT_EQ(half.scalar_type(), torch::kBFloat16);
     EXPECT_TRUE(torch::allclose(half.to(torch::kFloat32), expected, 5e-2, 5e-2)) << rows.size(0) << " rows";
+    // A float32 residual added to the bfloat16 product is read as float32.
+    const auto residual = torch::randn({rows.size(0), 6});
+    auto with_residual = Linear(rows.to(torch::kBFloat16), weight.detach().to(torch::kBFloat16),
+                                bias.to(torch::kBFloat16), {Activation::kNone, residual});
+    EXPECT_TRUE(torch::allclose(with_residual.to(torch::kFloat32), at::linear(rows, weight, bias) + residual, 5e-2, 5e-2))
+        << rows.size(0) << " rows";
   }
 }
 
