@@ -5,8 +5,8 @@
 // Every image keeps its own W [2N,D] and b [2N] and adapts alone, so results do not depend on the
 // batch; each draws its noise and random init from its own generator seeded with the seed. The
 // loss's gradient is written out (docs/algorithm.md §7) rather than traced by autograd: the four
-// products per step go through the process's GEMM library and the element-wise work is a handful
-// of passes. Stateless between calls; safe to call from several threads.
+// products per step go through the process's GEMM library and the element-wise work is about a
+// dozen passes. Stateless between calls; safe to call from several threads.
 #pragma once
 
 #include <ATen/core/Tensor.h>
