@@ -32,6 +32,7 @@ struct Forward {
   at::Tensor gate;        // tanh(norm(X)·Wᵀ + b) [R,2N]
   at::Tensor unit;        // Φ(X) scaled to unit rows [R,D]
   at::Tensor norms;       // |2·Φ(X)| per row [R,1]
+  at::Tensor logits;      // unit·[t+, t−]ᵀ [R,2]
   at::Tensor probs;       // prob(X) [R,2]: normal, abnormal
 };
 
@@ -46,7 +47,8 @@ Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const 
   // gate·T as a linear layer whose weight is Tᵀ [D,2N], read in place through its strides.
   const auto doubled = x + Product(f.gate, prompts.t(), {}, model::Activation::kNone, compute);
   std::tie(f.unit, f.norms) = NormalizeRows(doubled);
-  f.probs = at::softmax(at::matmul(f.unit, text_features.t()), -1);
+  f.logits = at::matmul(f.unit, text_features.t());
+  f.probs = at::softmax(f.logits, -1);
   return f;
 }
 
@@ -108,16 +110,20 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   settings.lr = options_.lr;
   AdamW weight_optimizer(weight, settings), bias_optimizer(bias, settings);
 
-  const auto clean_normalized = NormalizeRows(patches).first;
+  // Clean and noisy tokens go through the adapter as one [2M,D] block (half the product calls):
+  // the clean half and its normalised rows are written once, the noisy half at every step.
+  const auto x = at::empty({2 * tokens, dim}, options), normalized = at::empty({2 * tokens, dim}, options);
+  auto noisy = x.narrow(0, tokens, tokens), noisy_normalized = normalized.narrow(0, tokens, tokens);
+  auto clean_normalized = normalized.narrow(0, 0, tokens);
+  x.narrow(0, 0, tokens).copy_(patches);
+  at::div_out(clean_normalized, patches, NormalizeRows(patches).second);
   const double inverse_tokens = 1.0 / static_cast<double>(tokens);
   for (int step = 0; step < options_.steps; ++step) {
     const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim}).to(options)
                                       : (at::randn({tokens, dim}, generator) * options_.sigma).to(options);
-    const auto noisy = patches + delta;
-    // Clean and noisy tokens go through the adapter as one [2M,D] block: half the product calls.
-    const auto x = at::cat({patches, noisy});
-    const Forward f = AdapterForward(x, at::cat({clean_normalized, NormalizeRows(noisy).first}), weight, bias,
-                                     prompts, text_features, options_.compute_dtype);
+    at::add_out(noisy, patches, delta);
+    at::div_out(noisy_normalized, noisy, NormalizeRows(noisy).second);
+    const Forward f = AdapterForward(x, normalized, weight, bias, prompts, text_features, options_.compute_dtype);
     const auto p0 = f.probs.narrow(0, 0, tokens), p1 = f.probs.narrow(0, tokens, tokens);
     const auto log_p0 = p0.log(), log_p1_abnormal = p1.select(1, 1).log();
 
@@ -132,8 +138,10 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     d_p0.select(1, 0).sub_(0.5 * inverse_tokens / p0.select(1, 0));
     d_probs.narrow(0, tokens, tokens).select(1, 1).copy_(-0.5 * inverse_tokens / p1.select(1, 1));
     const auto d_logits = f.probs * (d_probs - (f.probs * d_probs).sum(-1, true));         // softmax
-    const auto d_unit = at::matmul(d_logits, text_features);                                // [2M,D]
-    const auto d_doubled = (d_unit - f.unit * (f.unit * d_unit).sum(-1, true)) / f.norms;  // row normalisation
+    // Back through the row normalisation: (d_unit − unit·(unit·d_unit)) / norms, where
+    // d_unit = d_logits·[t+, t−] and so unit·d_unit = Σ_c d_logits_c·logits_c.
+    const auto row_dot = (d_logits * f.logits).sum(-1, true);
+    const auto d_doubled = at::addmm(f.unit * (-row_dot / f.norms), d_logits / f.norms, text_features);
     const auto d_gate = Product(d_doubled, prompts, {}, model::Activation::kNone, options_.compute_dtype);
     const auto d_preactivation = at::tanh_backward(d_gate, f.gate);
     // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
