@@ -11,11 +11,8 @@
 namespace anoclip::anomaly {
 namespace {
 
-// Rows scaled to unit length, as F::normalize (norms clamped at 1e-12); also returns the norms.
-std::pair<at::Tensor, at::Tensor> NormalizeRows(const at::Tensor& x) {
-  auto norms = x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
-  return {x / norms, norms};
-}
+// Each row's length as F::normalize divides by it (clamped at 1e-12), [R,1].
+at::Tensor RowNorms(const at::Tensor& x) { return x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12); }
 
 // x [R,in] · weightᵀ ([out,in]) + bias, then `activation`, in `compute` (float32 or bfloat16) and
 // returned in float32: through the process's GEMM library (model/linear.h).
@@ -46,7 +43,8 @@ Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const 
   f.gate = Product(normalized, weight, bias, model::Activation::kTanh, compute);
   // gate·T as a linear layer whose weight is Tᵀ [D,2N], read in place through its strides.
   const auto doubled = x + Product(f.gate, prompts.t(), {}, model::Activation::kNone, compute);
-  std::tie(f.unit, f.norms) = NormalizeRows(doubled);
+  f.norms = RowNorms(doubled);
+  f.unit = doubled / f.norms;
   f.logits = at::matmul(f.unit, text_features.t());
   f.probs = at::softmax(f.logits, -1);
   return f;
@@ -116,13 +114,13 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   auto noisy = x.narrow(0, tokens, tokens), noisy_normalized = normalized.narrow(0, tokens, tokens);
   auto clean_normalized = normalized.narrow(0, 0, tokens);
   x.narrow(0, 0, tokens).copy_(patches);
-  at::div_out(clean_normalized, patches, NormalizeRows(patches).second);
+  at::div_out(clean_normalized, patches, RowNorms(patches));
   const double inverse_tokens = 1.0 / static_cast<double>(tokens);
   for (int step = 0; step < options_.steps; ++step) {
     const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim}).to(options)
                                       : (at::randn({tokens, dim}, generator) * options_.sigma).to(options);
     at::add_out(noisy, patches, delta);
-    at::div_out(noisy_normalized, noisy, NormalizeRows(noisy).second);
+    at::div_out(noisy_normalized, noisy, RowNorms(noisy));
     const Forward f = AdapterForward(x, normalized, weight, bias, prompts, text_features, options_.compute_dtype);
     const auto p0 = f.probs.narrow(0, 0, tokens), p1 = f.probs.narrow(0, tokens, tokens);
     const auto log_p0 = p0.log(), log_p1_abnormal = p1.select(1, 1).log();

@@ -45,8 +45,8 @@ at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue);
 // autograd.
 bool OnOneDnn(const at::Tensor& x);
 
-// x [..., in] · weightᵀ + bias -> [..., out], then `epilogue`. Through oneDNN's matmul primitive
-// when OnOneDnn(x); everything else is libtorch's linear (the BLAS for float32).
+// x [..., in] · weightᵀ + bias -> [..., out], then `epilogue`. Through onednn::Linear when
+// OnOneDnn(x); everything else is libtorch's linear (the BLAS for float32).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                   const Epilogue& epilogue = {});
 

@@ -1,8 +1,8 @@
-// Float32 and bfloat16 products straight through oneDNN's primitives (the same libdnnl that libtorch runs on),
-// reading and writing libtorch's tensors in place. libtorch's own oneDNN linear copies its input
-// into oneDNN's tensor type and its output back, and runs bias, activation and residual as
-// separate passes over memory; here the matmul primitive reads strided rows and weights as they
-// lie and applies bias, GELU and the residual add while the output is still in cache. The
+// Float32 and bfloat16 products straight through oneDNN's primitives (the same libdnnl that
+// libtorch runs on), reading and writing libtorch's tensors in place. libtorch's own oneDNN linear
+// copies its input into oneDNN's tensor type and its output back, and runs bias, activation and
+// residual as separate passes over memory; here one matmul or inner-product primitive reads the
+// rows and weights as they lie and applies bias, GELU and the residual add as it writes. The
 // attention runs as two batched matmuls and a softmax over all heads at once. See
 // docs/performance.md.
 #pragma once
@@ -27,7 +27,7 @@ inline constexpr int64_t kInnerProductMinRows = 1536;
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue);
 
 // y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the
-// bench's reference rate for oneDNN next to the matmul primitive that Linear runs.
+// bench's reference rate for oneDNN next to the primitive that Linear runs.
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);
 
 // Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bfloat16 products
