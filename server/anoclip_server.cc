@@ -140,7 +140,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
                                             config.threads};
   detector_options.precision = config.precision;
   detector_options.gemm = config.gemm;
-  detector_options.model_id_cache_dir = config.cache_dir;
+  detector_options.memo_dir = config.cache_dir;
   auto detector_or = anomaly::Detector::Create(detector_options);
   if (!detector_or.ok()) {
     absl::Status status(detector_or.status().code(),

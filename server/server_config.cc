@@ -112,7 +112,7 @@ const std::vector<Flag>& Flags() {
              c.allowed_classes = absl::StrSplit(v, ',', absl::SkipWhitespace());
              return absl::OkStatus();
            }},
-      StringFlag("cache-dir", "DIR", "text features persisted here (checksummed); empty = memory only",
+      StringFlag("cache-dir", "DIR", "text features persisted here (checksummed), with the model id and the GEMM choice remembered; empty = memory only",
                  &ServerConfig::cache_dir),
       Flag{"warm", "CLASS[:KIND],...", "classes built before the server reports SERVING", ShowWarm, SetWarm},
       StringFlag("calibration-dir", "DIR", "CLASS.json calibrations for use_calibration", &ServerConfig::calibration_dir),

@@ -37,10 +37,12 @@ struct DetectorOptions {
   // CPU float32 products (docs/performance.md): "auto" times the BLAS and oneDNN on the model's
   // largest product at load and takes the faster for the process; "blas" or "onednn" forces one.
   std::string gemm = "auto";
-  // Where the model id (a hash of every weight) is remembered per weight file, keyed by the file's
-  // identity (inode, size, modification and change times), so that a restart need not read all
-  // the weights to know it; empty: hash at every load.
-  std::string model_id_cache_dir;
+  // Where start-up remembers what is slow to compute (src/common/memo_file.h): the model id (a
+  // hash of every weight) per weight file, keyed by the file's identity (inode, size,
+  // modification and change times), so that a restart need not read all the weights to know it;
+  // and "auto"'s GEMM library per CPU, thread count and library builds, so that a restart need
+  // not time them. Empty: both computed at every load.
+  std::string memo_dir;
 };
 
 // The text side for one class: rows t+ and t- and the 2N prompt rows (docs/algorithm.md §3).

@@ -1,18 +1,18 @@
 #include "anomaly/engine.h"
 
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
 #include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/blas_info.h"
+#include "common/cpu_info.h"
+#include "common/memo_file.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 #include "io/state_dict.h"
@@ -117,7 +117,8 @@ nlohmann::json IdentityJson(const FileIdentity& id) {
 }
 
 // The model id remembered for a weight file and config (ComputeModelId reads every byte of the
-// weights, most of a start-up's work): one small JSON file per weights path and config.
+// weights, most of a start-up's work), valid while the file keeps its identity: one memo per
+// weights path and config.
 std::string ModelIdMemoPath(const std::string& dir, const std::string& weights_path, const std::string& config_json) {
   std::error_code error;
   const auto absolute = std::filesystem::absolute(weights_path, error);
@@ -125,41 +126,43 @@ std::string ModelIdMemoPath(const std::string& dir, const std::string& weights_p
                       ".json");
 }
 
-constexpr char kModelIdMemoFormat[] = "anoclip-model-id/1";
+nlohmann::json ModelIdMemoKey(const FileIdentity& identity) {
+  return {{"format", "anoclip-model-id/2"}, {"weights", IdentityJson(identity)}};
+}
 
-// The remembered id when the memo names this very file; nothing otherwise.
 std::optional<std::string> ReadModelIdMemo(const std::string& path, const FileIdentity& identity) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  const auto memo = nlohmann::json::parse(in, nullptr, false);
-  auto field = [&memo](const char* name) {
-    return memo.is_object() && memo.contains(name) ? memo[name] : nlohmann::json();
-  };
-  const auto format = field("format"), id = field("model_id");
-  if (format != kModelIdMemoFormat || field("weights") != IdentityJson(identity) || !id.is_string()) {
-    return std::nullopt;
-  }
-  const auto text = id.get<std::string>();
+  const auto id = ReadMemo(path, ModelIdMemoKey(identity));
+  if (!id || !id->is_string()) return std::nullopt;
+  const auto text = id->get<std::string>();
   if (text.size() != 16 || text.find_first_not_of("0123456789abcdef") != std::string::npos) return std::nullopt;
   return text;
 }
 
-// Written aside and renamed; failing costs only the next start the hash.
-void WriteModelIdMemo(const std::string& path, const FileIdentity& identity, const std::string& id) {
-  std::error_code error;
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), error);
-  const std::string temp = absl::StrCat(path, ".tmp.", getpid());
-  {
-    std::ofstream out(temp, std::ios::trunc);
-    out << nlohmann::json{{"format", kModelIdMemoFormat}, {"weights", IdentityJson(identity)}, {"model_id", id}}.dump()
-        << "\n";
-    if (!out) error = std::make_error_code(std::errc::io_error);
+// What `--gemm auto` chose, remembered per CPU, thread count, library builds and product shape:
+// timing both libraries took 0.12-0.19 s of a 1.1 s start on a 2-core EPYC (docs/performance.md).
+nlohmann::json GemmMemoKey(const model::GemmShape& shape) {
+  const CpuInfo cpu = ReadCpuInfo();
+  const BlasReport blas = DescribeBlas();
+  return {{"format", "anoclip-gemm/1"},
+          {"cpu", cpu.model_name},
+          {"cpu_flags", Sha256Hex(cpu.flags, 16)},
+          {"threads", at::get_num_threads()},
+          {"blas", {blas.library, blas.kernels, blas.coretype}},
+          {"onednn", model::onednn::LibraryVersion()},
+          {"libtorch", TORCH_VERSION},
+          {"shape", {shape.m, shape.k, shape.n}}};
+}
+
+model::GemmLibrary ChooseGemmLibrary(const std::string& memo_dir, const model::GemmShape& shape) {
+  if (memo_dir.empty()) return model::FasterGemmLibrary(shape);
+  const auto key = GemmMemoKey(shape);
+  const std::string path = absl::StrCat(memo_dir, "/gemm-", Sha256Hex(key.dump(), 16), ".json");
+  if (const auto remembered = ReadMemo(path, key); remembered && remembered->is_string()) {
+    if (const auto library = model::ParseGemmLibrary(remembered->get<std::string>()); library.ok()) return *library;
   }
-  if (!error) std::filesystem::rename(temp, path, error);
-  if (error) {
-    std::filesystem::remove(temp, error);
-    std::cerr << "anoclip: warning: cannot remember the model id in " << path << "\n";
-  }
+  const model::GemmLibrary library = model::FasterGemmLibrary(shape);
+  WriteMemo(path, key, model::GemmLibraryName(library));
+  return library;
 }
 
 // libtorch's intra-op threads: the option; for 0, $OMP_NUM_THREADS where it is a positive number
@@ -225,15 +228,15 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
   ANOCLIP_ASSIGN_OR_RETURN(auto weights, io::ReadModelWeights(weights_path));
   // A memo holds only for a file that stayed the same while it was read.
   std::string memo;
-  if (!options.model_id_cache_dir.empty() && identity && identity == Identify(weights_path)) {
-    memo = ModelIdMemoPath(options.model_id_cache_dir, weights_path, model::OpenClipConfigToJson(engine->config));
+  if (!options.memo_dir.empty() && identity && identity == Identify(weights_path)) {
+    memo = ModelIdMemoPath(options.memo_dir, weights_path, model::OpenClipConfigToJson(engine->config));
   }
   try {
     engine->model = model::ClipModel(engine->config, model::ParameterInit::kUninitialized);
     ANOCLIP_RETURN_IF_ERROR(model::LoadClipWeights(engine->model, weights));
     const auto remembered = memo.empty() ? std::nullopt : ReadModelIdMemo(memo, *identity);
     engine->model_id = remembered ? *remembered : ComputeModelId(engine->config, weights);
-    if (!memo.empty() && !remembered) WriteModelIdMemo(memo, *identity, engine->model_id);
+    if (!memo.empty() && !remembered) WriteMemo(memo, ModelIdMemoKey(*identity), engine->model_id);
     weights.clear();  // release the mapping
     engine->model->to(engine->device, engine->dtype);
     if (engine->vision_dtype != engine->dtype) engine->model->visual->to(engine->vision_dtype);
@@ -242,7 +245,7 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
     if (engine->device.is_cpu()) {
       // "auto" times the vision tower's largest product at batch 1, a lone request's.
       engine->gemm_library = forced_gemm ? *forced_gemm
-                                         : model::FasterGemmLibrary(model::LargestVisionGemm(engine->config, 1));
+                                         : ChooseGemmLibrary(options.memo_dir, model::LargestVisionGemm(engine->config, 1));
       model::SetGemmLibrary(engine->gemm_library);
     }
     // The adapter trains, which int8 cannot; where the CPU multiplies bfloat16 natively, int8's

@@ -19,10 +19,10 @@
 #include "anomaly/detector.h"
 #include "anomaly/engine.h"
 #include "anomaly/test_time_adapter.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "cli/gemm_rate.h"
 #include "common/blas_info.h"
+#include "common/cpu_info.h"
 #include "model/model_flops.h"
 
 namespace anoclip::cli {
@@ -46,26 +46,6 @@ double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   const size_t n = values.size();
   return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-}
-
-// The CPU's model name and which of the instruction sets that speed up reduced precision it has
-// (from /proc/cpuinfo), so that a precision figure says what it ran on.
-std::pair<std::string, std::string> CpuNameAndPrecisionFlags() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line, name, flags;
-  while (std::getline(cpuinfo, line) && (name.empty() || flags.empty())) {
-    const auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    const std::string key = std::string(absl::StripAsciiWhitespace(line.substr(0, colon)));
-    const std::string value = std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-    if (key == "model name" && name.empty()) name = value;
-    if (key == "flags" && flags.empty()) flags = " " + value + " ";
-  }
-  std::string present;
-  for (const char* flag : {"avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"}) {
-    if (flags.find(std::string(" ") + flag + " ") != std::string::npos) absl::StrAppend(&present, present.empty() ? "" : " ", flag);
-  }
-  return {name, present};
 }
 
 // A "VmHWM"/"VmRSS" line of /proc/self/status in MB, 0 where absent.
@@ -352,7 +332,8 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   out["memory.rss_after_load_mb"] = rss_after_load_mb;
   out["memory.peak_mb"] = ProcessMemoryMb("VmHWM");
   out["memory.rss_mb"] = ProcessMemoryMb("VmRSS");
-  const auto [cpu, cpu_flags] = CpuNameAndPrecisionFlags();
+  const CpuInfo cpu_info = ReadCpuInfo();
+  const std::string cpu = cpu_info.model_name, cpu_flags = PrecisionFlags(cpu_info);
   out["cpu"] = cpu;
   out["cpu_precision_flags"] = cpu_flags;
   out["threads"] = at::get_num_threads();

@@ -136,6 +136,11 @@ void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {
   TORCH_CHECK(status == dnnl_success, "dnnl_sgemm failed with status ", static_cast<int>(status));
 }
 
+std::string LibraryVersion() {
+  const dnnl_version_t* version = dnnl::version();
+  return std::to_string(version->major) + "." + std::to_string(version->minor) + "." + std::to_string(version->patch);
+}
+
 bool HasNativeBfloat16() {
   const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
   const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 
 #include "model/linear.h"
 
@@ -29,6 +30,9 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the
 // bench's reference rate for oneDNN next to the primitive that Linear runs.
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);
+
+// The libdnnl in use, "2.6.3".
+std::string LibraryVersion();
 
 // Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bfloat16 products
 // run about twice as fast as float32's; elsewhere oneDNN emulates them, slower than float32.

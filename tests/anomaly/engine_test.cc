@@ -1,5 +1,6 @@
 // LoadEngine: the model id, remembered across loads per weight file and never past a change to
-// the file; the intra-op thread count.
+// the file; the GEMM library "auto" chose, remembered per CPU, threads and libraries; the
+// intra-op thread count.
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -34,19 +35,27 @@ class ModelIdMemoTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(root_); }
 
-  std::string Load(const std::string& memo_dir) {
+  std::shared_ptr<Engine> LoadWith(const std::string& memo_dir, int threads = 0) {
     DetectorOptions options;
     options.model_dir = (root_ / "model").string();
     options.vocab_path = ::anoclip::testing::VocabPath();
-    options.model_id_cache_dir = memo_dir;
+    options.memo_dir = memo_dir;
+    options.threads = threads;
     auto engine = LoadEngine(options);
     EXPECT_TRUE(engine.ok()) << engine.status();
-    return engine.ok() ? (*engine)->model_id : "";
+    return engine.ok() ? *engine : nullptr;
+  }
+  std::string Load(const std::string& memo_dir) {
+    auto engine = LoadWith(memo_dir);
+    return engine ? engine->model_id : "";
   }
 
-  std::vector<fs::path> Memos() const {
+  // The memo files whose names start with `prefix`.
+  std::vector<fs::path> Memos(const std::string& prefix = "model-id-") const {
     std::vector<fs::path> memos;
-    for (const auto& entry : fs::directory_iterator(root_ / "memo")) memos.push_back(entry.path());
+    for (const auto& entry : fs::directory_iterator(root_ / "memo")) {
+      if (entry.path().filename().string().rfind(prefix, 0) == 0) memos.push_back(entry.path());
+    }
     return memos;
   }
 
@@ -65,7 +74,7 @@ TEST_F(ModelIdMemoTest, ALoadUsesTheRememberedIdUntilTheWeightFileChanges) {
   const fs::path memo = Memos()[0];
   nlohmann::json content;
   std::ifstream(memo) >> content;
-  content["model_id"] = "0123456789abcdef";
+  content["value"] = "0123456789abcdef";
   std::ofstream(memo, std::ios::trunc) << content.dump();
   EXPECT_EQ(Load(memo_dir), "0123456789abcdef");
 
@@ -82,10 +91,56 @@ TEST_F(ModelIdMemoTest, AnUnreadableMemoIsIgnored) {
   const std::string hashed = Load("");
   const std::string memo_dir = (root_ / "memo").string();
   ASSERT_EQ(Load(memo_dir), hashed);
-  for (const char* garbage : {"", "{", "[]", "{\"format\":1}", "{\"format\":\"anoclip-model-id/1\",\"model_id\":7}"}) {
+  nlohmann::json valid;
+  std::ifstream(Memos()[0]) >> valid;
+  auto wrong_type = valid, wrong_key = valid;
+  wrong_type["value"] = 7;
+  wrong_key["key"]["format"] = "anoclip-model-id/1";
+  wrong_key["value"] = "0123456789abcdef";
+  for (const std::string& garbage : {std::string(""), std::string("{"), std::string("[]"), std::string("{\"key\":1}"),
+                                     wrong_type.dump(), wrong_key.dump()}) {
     std::ofstream(Memos()[0], std::ios::trunc) << garbage;
     EXPECT_EQ(Load(memo_dir), hashed) << garbage;
   }
+}
+
+TEST_F(ModelIdMemoTest, AutoGemmIsTimedOncePerCpuThreadsAndLibraries) {
+  const model::GemmLibrary previous_library = model::CurrentGemmLibrary();
+  const int previous_threads = at::get_num_threads();
+  const std::string memo_dir = (root_ / "memo").string();
+  const auto first = LoadWith(memo_dir, 2);
+  ASSERT_NE(first, nullptr);
+  ASSERT_EQ(Memos("gemm-").size(), 1u);
+  const fs::path memo = Memos("gemm-")[0];
+  nlohmann::json content;
+  std::ifstream(memo) >> content;
+  EXPECT_EQ(content["value"], model::GemmLibraryName(first->gemm_library));
+  EXPECT_EQ(content["key"]["threads"], 2);
+  EXPECT_FALSE(content["key"]["cpu_flags"].get<std::string>().empty());
+
+  // A later load takes the remembered library without timing: a planted choice comes back, both ways.
+  for (const model::GemmLibrary planted : {model::GemmLibrary::kBlas, model::GemmLibrary::kOneDnn}) {
+    if (planted == model::GemmLibrary::kOneDnn && !at::hasMKLDNN()) continue;
+    content["value"] = model::GemmLibraryName(planted);
+    std::ofstream(memo, std::ios::trunc) << content.dump();
+    const auto engine = LoadWith(memo_dir, 2);
+    ASSERT_NE(engine, nullptr);
+    EXPECT_EQ(engine->gemm_library, planted);
+  }
+
+  // An unreadable choice is timed again and written anew.
+  content["value"] = "mkl";
+  std::ofstream(memo, std::ios::trunc) << content.dump();
+  const auto retimed = LoadWith(memo_dir, 2);
+  ASSERT_NE(retimed, nullptr);
+  std::ifstream(memo) >> content;
+  EXPECT_EQ(content["value"], model::GemmLibraryName(retimed->gemm_library));
+
+  // Another thread count is another key: timed and remembered beside the first.
+  ASSERT_NE(LoadWith(memo_dir, 1), nullptr);
+  EXPECT_EQ(Memos("gemm-").size(), 2u);
+  model::SetGemmLibrary(previous_library);  // loads set both for the whole process
+  at::set_num_threads(previous_threads);
 }
 
 TEST(EngineThreadsTest, ZeroTakesOmpNumThreadsWhereSetAndAnExplicitCountWins) {
