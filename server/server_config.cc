@@ -89,7 +89,7 @@ const std::vector<Flag>& Flags() {
                  "vision tower on the CPU: fp32, bf16 (AVX512-BF16/AMX) or int8 (VNNI/AMX); text stays fp32",
                  &ServerConfig::precision),
       StringFlag("gemm", "LIB",
-                 "CPU float32 products: auto (the faster of blas and onednn, timed at load), blas or onednn",
+                 "CPU float32 products: auto (the faster of blas and onednn, timed at load and remembered under --cache-dir), blas or onednn",
                  &ServerConfig::gemm),
       IntFlag("workers", "decode and post-processing threads", &ServerConfig::workers, 1, 256),
       IntFlag("max-batch", "images per vision forward", &ServerConfig::max_batch, 1, 256),
