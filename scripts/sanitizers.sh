@@ -18,7 +18,7 @@ SUPPRESSIONS=$(pwd)/scripts/sanitizers
 # the real binaries for minutes each and cover the same code as server_test,
 # client_run_load_test and the unit tests, which run here.
 # SANITIZER_TESTS="a_test b_test" runs a subset.
-DEFAULT_TESTS="blas_info_test image_test state_dict_test tokenizer_test clip_model_test regions_test
+DEFAULT_TESTS="blas_info_test memo_file_test engine_test image_test state_dict_test tokenizer_test clip_model_test regions_test
   calibration_test detector_golden_test test_time_adapter_test server_test security_test dynamic_batcher_test
   client_load_core_test client_run_load_test"
 read -r -d '' -a TESTS <<< "${SANITIZER_TESTS:-$DEFAULT_TESTS}" || true

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -10,8 +11,16 @@
 #include "absl/strings/str_cat.h"
 
 namespace anoclip {
+namespace {
+
+constexpr std::uintmax_t kMaxMemoBytes = 64 << 10;  // a memo is a few hundred bytes
+
+}  // namespace
 
 std::optional<nlohmann::json> ReadMemo(const std::string& path, const nlohmann::json& key) {
+  std::error_code error;
+  const std::uintmax_t size = std::filesystem::file_size(path, error);
+  if (error || size > kMaxMemoBytes) return std::nullopt;
   std::ifstream in(path);
   if (!in) return std::nullopt;
   const auto memo = nlohmann::json::parse(in, nullptr, false);

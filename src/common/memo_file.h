@@ -11,7 +11,7 @@
 namespace anoclip {
 
 // The value remembered at `path` under exactly `key`; nothing where the file is missing,
-// unreadable, or was written for another key.
+// unreadable, larger than 64 KiB, or was written for another key.
 std::optional<nlohmann::json> ReadMemo(const std::string& path, const nlohmann::json& key);
 
 // Remembers `value` under `key` at `path`, creating its directory: written aside and renamed, so
