@@ -1,7 +1,11 @@
 // Shared test helpers: where the golden data and the built binaries are.
 #pragma once
 
+#include <stdlib.h>
+
 #include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 
 namespace anoclip::testing {
@@ -20,5 +24,25 @@ inline std::string BinDir() {
   const char* dir = std::getenv("ANOCLIP_BIN_DIR");
   return dir != nullptr ? dir : "bin";
 }
+
+// A fresh directory under /tmp, removed with all it holds when this goes out of scope.
+class ScopedTempDir {
+ public:
+  ScopedTempDir() {
+    char pattern[] = "/tmp/anoclip-test.XXXXXX";
+    if (mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~ScopedTempDir() {
+    std::error_code error;
+    std::filesystem::remove_all(path_, error);
+  }
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace anoclip::testing

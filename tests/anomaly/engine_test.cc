@@ -25,15 +25,11 @@ namespace fs = std::filesystem;
 class ModelIdMemoTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/anoclip-engine-test.XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    root_ = pattern;
     fs::create_directories(root_ / "model");
     for (const auto& entry : fs::directory_iterator(::anoclip::testing::TinyModelDir())) {
       fs::copy_file(entry.path(), root_ / "model" / entry.path().filename());
     }
   }
-  void TearDown() override { fs::remove_all(root_); }
 
   std::shared_ptr<Engine> LoadWith(const std::string& memo_dir, int threads = 0) {
     DetectorOptions options;
@@ -59,7 +55,8 @@ class ModelIdMemoTest : public ::testing::Test {
     return memos;
   }
 
-  fs::path root_;
+  ::anoclip::testing::ScopedTempDir temp_;
+  const fs::path& root_ = temp_.path();
 };
 
 TEST_F(ModelIdMemoTest, ALoadUsesTheRememberedIdUntilTheWeightFileChanges) {

@@ -1,12 +1,12 @@
 // ReadMemo/WriteMemo: a value comes back only under its own key, and a bad file reads as none.
 #include "common/memo_file.h"
 
-#include <stdlib.h>
-
 #include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 
 namespace anoclip {
 namespace {
@@ -15,13 +15,8 @@ namespace fs = std::filesystem;
 
 class MemoFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/anoclip-memo-test.XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    root_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  fs::path root_;
+  ::anoclip::testing::ScopedTempDir temp_;
+  const fs::path& root_ = temp_.path();
 };
 
 TEST_F(MemoFileTest, AValueComesBackUnderItsOwnKeyOnly) {
