@@ -68,7 +68,8 @@ double Correlation(const at::Tensor& a, const at::Tensor& b) {
 constexpr char kUsage[] =
     "usage: anoclip bench --model DIR [--vocab FILE] [--device cpu|cuda:N] [--threads N]\n"
     "                     [--precision fp32|bf16|int8] [--gemm auto|blas|onednn] [--runs N (>=3)] [--text-runs N]\n"
-    "                     [--parts vision,text,tta,detect,precision] [--json]\n";
+    "                     [--parts vision,text,tta,detect,precision,batches] [--json]\n"
+    "default parts: vision,text,tta,detect,precision\n";
 
 }  // namespace
 
@@ -169,6 +170,27 @@ int RunBenchCommand(const std::vector<std::string>& words) {
       out[std::string("sgemm_library") + b] = best_library;
       out[std::string("ratio.anoclip_over_sgemm") + b] = anoclip_flops / anoclip_s / 1e9 / best;
     }
+  }
+
+  // Batch sizes: the AnoCLIP forward per image at each, alternated within each run, so that an
+  // operator can set --max-batch to the fastest (on a CPU larger is not always faster).
+  if (wants("batches")) {
+    const std::vector<int64_t> batches = {1, 2, 4, 8, 12, 16};
+    std::map<int64_t, std::vector<double>> per_image;
+    std::map<int64_t, at::Tensor> inputs;
+    for (const int64_t batch : batches) inputs[batch] = loaded.ToModelInput(torch::randn({batch, 3, size, size}));
+    for (int run = -1; run < options.runs; ++run) {  // run -1 warms up
+      for (const int64_t batch : batches) {
+        const double seconds = Seconds([&] { model->EncodeImage(inputs[batch], anoclip); sync(); });
+        if (run >= 0) per_image[batch].push_back(seconds / batch);
+      }
+    }
+    int64_t fastest = batches.front();
+    for (const int64_t batch : batches) {
+      out["batches.anoclip.b" + std::to_string(batch)] = Median(per_image[batch]);
+      if (Median(per_image[batch]) < Median(per_image[fastest])) fastest = batch;
+    }
+    out["batches.fastest"] = fastest;
   }
 
   // Text: one class's 2N prompts, truncated at the longest prompt versus all positions.

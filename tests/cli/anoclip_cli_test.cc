@@ -337,6 +337,24 @@ void WriteNormalImages(const std::string& dir, int count) {
   }
 }
 
+// `bench --parts batches`: the forward per image at each batch size, and the fastest named.
+TEST(AnoclipCliTest, BenchTimesEachBatchSizeAndNamesTheFastest) {
+  auto result = RunAnoclip("bench" + Model() + Vocab() + " --runs 3 --parts batches --json");
+  ASSERT_EQ(result.exit_code, 0) << result.errors;
+  const auto json = nlohmann::ordered_json::parse(result.output);
+  double fastest_seconds = 1e30;
+  int64_t fastest = 0;
+  for (const int64_t batch : {1, 2, 4, 8, 12, 16}) {
+    const std::string key = "batches.anoclip.b" + std::to_string(batch);
+    ASSERT_TRUE(json.contains(key)) << key;
+    const double seconds = json[key].get<double>();
+    EXPECT_GT(seconds, 0.0) << key;
+    if (seconds < fastest_seconds) fastest_seconds = seconds, fastest = batch;
+  }
+  EXPECT_EQ(json["batches.fastest"].get<int64_t>(), fastest);
+  EXPECT_FALSE(json.contains("vision.anoclip.b1"));  // only the parts asked for
+}
+
 TEST(AnoclipCliTest, CalibrateThenDetectWithTheCalibration) {
   const std::string model = MakeSmallModel("calib", 5);
   const std::string dir = TempDir("calibration");
