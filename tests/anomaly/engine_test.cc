@@ -22,7 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class ModelIdMemoTest : public ::testing::Test {
+class EngineMemoTest : public ::testing::Test {
  protected:
   void SetUp() override {
     fs::create_directories(root_ / "model");
@@ -59,7 +59,7 @@ class ModelIdMemoTest : public ::testing::Test {
   const fs::path& root_ = temp_.path();
 };
 
-TEST_F(ModelIdMemoTest, ALoadUsesTheRememberedIdUntilTheWeightFileChanges) {
+TEST_F(EngineMemoTest, ALoadUsesTheRememberedIdUntilTheWeightFileChanges) {
   const std::string hashed = Load("");
   ASSERT_EQ(hashed.size(), 16u);
   const std::string memo_dir = (root_ / "memo").string();
@@ -84,7 +84,7 @@ TEST_F(ModelIdMemoTest, ALoadUsesTheRememberedIdUntilTheWeightFileChanges) {
   EXPECT_EQ(Memos().size(), 1u);
 }
 
-TEST_F(ModelIdMemoTest, AnUnreadableMemoIsIgnored) {
+TEST_F(EngineMemoTest, AnUnreadableMemoIsIgnored) {
   const std::string hashed = Load("");
   const std::string memo_dir = (root_ / "memo").string();
   ASSERT_EQ(Load(memo_dir), hashed);
@@ -101,7 +101,7 @@ TEST_F(ModelIdMemoTest, AnUnreadableMemoIsIgnored) {
   }
 }
 
-TEST_F(ModelIdMemoTest, AutoGemmIsTimedOncePerCpuThreadsAndLibraries) {
+TEST_F(EngineMemoTest, AutoGemmIsTimedOncePerCpuThreadsAndLibraries) {
   const model::GemmLibrary previous_library = model::CurrentGemmLibrary();
   const int previous_threads = at::get_num_threads();
   const std::string memo_dir = (root_ / "memo").string();
