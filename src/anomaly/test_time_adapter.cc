@@ -15,17 +15,17 @@ namespace {
 at::Tensor RowNorms(const at::Tensor& x) { return x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12); }
 
 // x [R,in] · weightᵀ ([out,in]) + bias, then `activation`, in `compute` (float32 or bfloat16) and
-// returned in float32: through the process's GEMM library (model/linear.h).
+// returned in float32: through the process's GEMM library (model/linear.h). Operands already in
+// `compute` are used as they are.
 at::Tensor Product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                    model::Activation activation, at::ScalarType compute) {
-  if (compute == x.scalar_type()) return model::Linear(x, weight, bias, {activation, {}});
   return model::Linear(x.to(compute), weight.to(compute), bias.defined() ? bias.to(compute) : bias, {activation, {}})
-      .to(x.scalar_type());
+      .to(at::kFloat);
 }
 
 // What one image's adapter computes from its tokens and keeps for the backward pass.
 struct Forward {
-  at::Tensor normalized;  // norm(X) [R,D]
+  at::Tensor normalized;  // norm(X) [R,D] in the products' dtype
   at::Tensor gate;        // tanh(norm(X)·Wᵀ + b) [R,2N]
   at::Tensor unit;        // Φ(X) scaled to unit rows [R,D]
   at::Tensor norms;       // |2·Φ(X)| per row [R,1]
@@ -33,14 +33,14 @@ struct Forward {
   at::Tensor probs;       // prob(X) [R,2]: normal, abnormal
 };
 
-// prob(X) of §7 for one image: X [R,D], W and T [2N,D], b [2N], t [2,D]. 2·Φ(X) = X + gate·T is
-// used in place of Φ(X): the probabilities only see it normalised.
+// prob(X) of §7 for one image: X [R,D], W and T [2N,D] (T in `compute`), b [2N], t [2,D].
+// 2·Φ(X) = X + gate·T is used in place of Φ(X): the probabilities only see it normalised.
 Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const at::Tensor& weight,
                        const at::Tensor& bias, const at::Tensor& prompts, const at::Tensor& text_features,
                        at::ScalarType compute) {
   Forward f;
-  f.normalized = normalized;
-  f.gate = Product(normalized, weight, bias, model::Activation::kTanh, compute);
+  f.normalized = normalized.to(compute);  // converted once for the forward and the backward products
+  f.gate = Product(f.normalized, weight, bias, model::Activation::kTanh, compute);
   // gate·T as a linear layer whose weight is Tᵀ [D,2N], read in place through its strides.
   const auto doubled = x + Product(f.gate, prompts.t(), {}, model::Activation::kNone, compute);
   f.norms = RowNorms(doubled);
@@ -104,6 +104,8 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     weight = at::empty({rows, dim}).uniform_(-bound, bound, generator).to(options);
     bias = at::empty({rows}).uniform_(-bound, bound, generator).to(options);
   }
+  // The prompts in the products' dtype once, not at every product.
+  const auto prompts_compute = prompts.to(options_.compute_dtype);
   AdamWSettings settings;
   settings.lr = options_.lr;
   AdamW weight_optimizer(weight, settings), bias_optimizer(bias, settings);
@@ -121,7 +123,8 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
                                       : (at::randn({tokens, dim}, generator) * options_.sigma).to(options);
     at::add_out(noisy, patches, delta);
     at::div_out(noisy_normalized, noisy, RowNorms(noisy));
-    const Forward f = AdapterForward(x, normalized, weight, bias, prompts, text_features, options_.compute_dtype);
+    const Forward f =
+        AdapterForward(x, normalized, weight, bias, prompts_compute, text_features, options_.compute_dtype);
     const auto p0 = f.probs.narrow(0, 0, tokens), p1 = f.probs.narrow(0, tokens, tokens);
     const auto log_p0 = p0.log(), log_p1_abnormal = p1.select(1, 1).log();
 
@@ -140,7 +143,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     // d_unit = d_logits·[t+, t−] and so unit·d_unit = Σ_c d_logits_c·logits_c.
     const auto row_dot = (d_logits * f.logits).sum(-1, true);
     const auto d_doubled = at::addmm(f.unit * (-row_dot / f.norms), d_logits / f.norms, text_features);
-    const auto d_gate = Product(d_doubled, prompts, {}, model::Activation::kNone, options_.compute_dtype);
+    const auto d_gate = Product(d_doubled, prompts_compute, {}, model::Activation::kNone, options_.compute_dtype);
     const auto d_preactivation = at::tanh_backward(d_gate, f.gate);
     // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
     const auto d_weight = Product(d_preactivation.t(), f.normalized.t(), {}, model::Activation::kNone,
@@ -149,7 +152,8 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     weight_optimizer.Step(d_weight);
     bias_optimizer.Step(d_bias);
   }
-  return AdapterForward(patches, clean_normalized, weight, bias, prompts, text_features, options_.compute_dtype)
+  return AdapterForward(patches, clean_normalized, weight, bias, prompts_compute, text_features,
+                        options_.compute_dtype)
       .probs.select(1, 1);
 }
 

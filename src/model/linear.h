@@ -26,7 +26,8 @@ void SetGemmLibrary(GemmLibrary library);
 GemmLibrary CurrentGemmLibrary();
 
 // Runs Linear's product of `shape` with each library, alternating, and returns the faster (kBlas
-// where libtorch has no oneDNN). Ten products: about 0.1 s for a ViT-B, first calls included.
+// where libtorch has no oneDNN). Ten products: 0.12-0.2 s for a ViT-B on 2 cores, first calls
+// included, which is why the server remembers the result (src/anomaly/engine.cc).
 GemmLibrary FasterGemmLibrary(const GemmShape& shape);
 
 enum class Activation { kNone, kGelu, kQuickGelu, kTanh };  // kQuickGelu: x·sigmoid(1.702·x)
