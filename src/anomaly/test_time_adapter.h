@@ -3,7 +3,8 @@
 // re-score the patches.
 //
 // Every image keeps its own W [2N,D] and b [2N] and adapts alone, so results do not depend on the
-// batch; each draws its noise and random init from its own generator seeded with the seed. The
+// batch; its random init comes from its own generator seeded with the seed, its noise from
+// DrawTtaNoise. The
 // loss's gradient is written out (docs/algorithm.md §7) rather than traced by autograd: the four
 // products per step go through the process's GEMM library and the element-wise work is about a
 // dozen passes. Stateless between calls; safe to call from several threads.
@@ -45,6 +46,14 @@ struct TtaResult {
   at::Tensor patch_probs;               // [B,M] abnormal probability with the adapted W, b
   std::vector<std::vector<float>> losses;  // [B][steps], loss before each update
 };
+
+// The adapter's noise δ for `step`: N(0, sigma²), float32 on the CPU, drawn in chunks of
+// kTtaNoiseChunk elements, each from its own generator seeded from (seed, step, chunk), with the
+// chunks spread over libtorch's threads. The same draws whatever the thread count or device the
+// adapter runs on; one generator's serial stream took about 3 ns per draw, 0.47 ms per step for
+// a ViT-B-16-plus-240 image on 2 cores (docs/performance.md).
+inline constexpr int64_t kTtaNoiseChunk = 16384;
+at::Tensor DrawTtaNoise(uint64_t seed, int step, double sigma, at::IntArrayRef shape);
 
 class TestTimeAdapter {
  public:

@@ -66,11 +66,23 @@ at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue) {
     case Activation::kQuickGelu: y = y * at::sigmoid(1.702 * y); break;
     case Activation::kTanh: y = at::tanh(y); break;
   }
-  return epilogue.residual.defined() ? epilogue.residual + y : y;
+  if (epilogue.residual.defined()) y = epilogue.residual + y;
+  return epilogue.output_dtype == at::ScalarType::Undefined ? y : y.to(epilogue.output_dtype);
 }
 
 bool OnOneDnn(const at::Tensor& x) {
   return OnOneDnn(selected.load(std::memory_order_relaxed), x, x) && !at::GradMode::is_enabled();
+}
+
+at::Tensor ConvertForProduct(const at::Tensor& x, at::ScalarType dtype) {
+  if (x.scalar_type() == dtype) return x;
+  const bool float_types = (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+                           (dtype == at::kFloat || dtype == at::kBFloat16);
+  if (float_types && selected.load(std::memory_order_relaxed) == GemmLibrary::kOneDnn && x.device().is_cpu() &&
+      !at::GradMode::is_enabled()) {
+    return onednn::Convert(x, dtype);
+  }
+  return x.to(dtype);
 }
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {

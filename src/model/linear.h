@@ -33,10 +33,13 @@ GemmLibrary FasterGemmLibrary(const GemmShape& shape);
 enum class Activation { kNone, kGelu, kQuickGelu, kTanh };  // kQuickGelu: x·sigmoid(1.702·x)
 
 // What a layer applies to its product: the activation, then the residual added (same shape as
-// the output). oneDNN applies both while it writes the output; elsewhere they are libtorch ops.
+// the output), written in `output_dtype` (undefined: the input's). oneDNN applies all three while
+// it writes the output (a bfloat16 product written as float32 needs no conversion pass);
+// elsewhere they are libtorch ops.
 struct Epilogue {
   Activation activation = Activation::kNone;
   at::Tensor residual;
+  at::ScalarType output_dtype = at::ScalarType::Undefined;
 };
 
 // `epilogue` applied to y with libtorch's ops.
@@ -45,6 +48,12 @@ at::Tensor ApplyEpilogue(at::Tensor y, const Epilogue& epilogue);
 // Whether oneDNN is selected and takes x's products: float32 or bfloat16 on the CPU, outside
 // autograd.
 bool OnOneDnn(const at::Tensor& x);
+
+// x in `dtype` (itself where it already is). Where oneDNN is selected, a CPU conversion between
+// float32 and bfloat16 runs as oneDNN's reorder, with the CPU's vector conversions: libtorch's
+// copy converts to bfloat16 one element at a time, about 1 ns each on a 2-core EPYC, which made
+// up two thirds of the bfloat16 test-time adapter's time (docs/performance.md).
+at::Tensor ConvertForProduct(const at::Tensor& x, at::ScalarType dtype);
 
 // x [..., in] · weightᵀ + bias -> [..., out], then `epilogue`. Through onednn::Linear when
 // OnOneDnn(x); everything else is libtorch's linear (the BLAS for float32).

@@ -75,8 +75,11 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   TORCH_CHECK(x.size(-1) == in, "linear input has ", x.size(-1), " features, weight expects ", in);
   auto sizes = x.sizes().vec();
   sizes.back() = out;
-  auto y = at::empty(sizes, x.options());
-  const auto rows = Rows(x, in);
+  const auto output_dtype =
+      epilogue.output_dtype == at::ScalarType::Undefined ? x.scalar_type() : epilogue.output_dtype;
+  auto y = at::empty(sizes, x.options().dtype(output_dtype));
+  // A 2-D x is read through its strides (a transposed view needs no copy); more dims as rows.
+  const auto rows = x.dim() == 2 ? x : Rows(x, in);
   const int64_t m = rows.size(0);
   if (m == 0 || out == 0) return y;
 
@@ -95,12 +98,12 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops);
 
-  const auto src = Describe(rows, {m, in}, {rows.stride(0), 1});
+  const auto src = Describe(rows, {m, in}, {rows.stride(0), rows.stride(1)});
   std::unordered_map<int, memory> args{{DNNL_ARG_DST, Bind(dst, y)}};
   if (residual.defined()) {
     args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(residual_desc, residual));
   }
-  const bool dense = rows.stride(0) == in && weight.stride(1) == 1 && weight.stride(0) == in &&
+  const bool dense = rows.stride(0) == in && rows.stride(1) == 1 && weight.stride(1) == 1 && weight.stride(0) == in &&
                      (!bias.defined() || bias.stride(0) == 1);
   const bool inner_product = m >= kInnerProductMinRows && dense;
   // The inner product reads the weight as it lies, [out,in]; the matmul reads it as the [in,out]
@@ -124,6 +127,17 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
     dnnl::matmul(WarnIfReference(plan)).execute(Stream(), args);
   }
+  return y;
+}
+
+at::Tensor Convert(const at::Tensor& x, at::ScalarType dtype) {
+  // A dense x keeps its layout (a transposed view stays one, for the products to read as it is).
+  auto y = at::empty_like(x, x.options().dtype(dtype));
+  if (x.numel() == 0) return y;
+  const memory::dims dims(x.sizes().begin(), x.sizes().end());
+  memory source = Bind(Describe(x, dims, memory::dims(x.strides().begin(), x.strides().end())), x);
+  memory target = Bind(Describe(y, dims, memory::dims(y.strides().begin(), y.strides().end())), y);
+  dnnl::reorder(source, target).execute(Stream(), source, target);
   return y;
 }
 

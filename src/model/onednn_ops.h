@@ -24,8 +24,14 @@ namespace anoclip::model::onednn {
 inline constexpr int64_t kInnerProductMinRows = 1536;
 
 // x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 or bfloat16 CPU
-// tensors of one type (bfloat16 products accumulate in float32).
+// tensors of one type (bfloat16 products accumulate in float32), written in the epilogue's
+// output dtype (float32 or bfloat16).
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue);
+
+// x (float32 or bfloat16 on the CPU, any strides) as a tensor of `dtype` (either), through
+// oneDNN's reorder; dense in x's layout where x is dense (a transposed view stays transposed),
+// else contiguous.
+at::Tensor Convert(const at::Tensor& x, at::ScalarType dtype);
 
 // y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the
 // bench's reference rate for oneDNN next to the primitive that Linear runs.

@@ -19,8 +19,8 @@ using model::GemmLibrary;
 at::Tensor Normalize(const at::Tensor& x) { return F::normalize(x, F::NormalizeFuncOptions().dim(-1)); }
 
 // docs/algorithm.md §7 as written, one image: autograd traces the loss and torch::optim::AdamW
-// updates W and b, drawing from one generator seeded with `seed` in the adapter's order (random
-// init, then each step's noise).
+// updates W and b; the random init is drawn from a generator seeded with `seed`, each step's noise
+// is DrawTtaNoise's.
 std::pair<at::Tensor, std::vector<float>> TracedAdaptation(const at::Tensor& patches, const at::Tensor& prompts,
                                                            const at::Tensor& text, const TtaOptions& options) {
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
@@ -44,7 +44,7 @@ std::pair<at::Tensor, std::vector<float>> TracedAdaptation(const at::Tensor& pat
   std::vector<float> losses;
   for (int step = 0; step < options.steps; ++step) {
     auto p0 = probabilities(patches);
-    auto p1 = probabilities(patches + at::randn(patches.sizes(), generator) * options.sigma);
+    auto p1 = probabilities(patches + DrawTtaNoise(options.seed, step, options.sigma, patches.sizes()));
     auto loss = -(p0 * p0.log()).sum(-1).mean() + 0.5 * (-p1.select(1, 1).log() - p0.select(1, 0).log()).mean();
     losses.push_back(loss.item<float>());
     optimizer.zero_grad();
@@ -130,6 +130,33 @@ TEST(AdamWTest, BothPathsMatchLibtorch) {
   EXPECT_GT((want.detach() - start).abs().max().item<float>(), 0.1);  // the steps moved it
   EXPECT_LT((fused - want.detach()).abs().max().item<float>(), 1e-6);
   EXPECT_LT((strided - want.detach()).abs().max().item<float>(), 1e-6);
+}
+
+// The noise: N(0, σ²), the same draws on one thread as on two, fresh for every step, seed and
+// chunk (a repeated chunk or step would be a far weaker perturbation than §7's i.i.d. δ).
+TEST(TtaNoiseTest, GaussianIndependentAndTheSameOnAnyThreadCount) {
+  const std::vector<int64_t> shape{225, 640};  // a ViT-B-16-plus-240 image: nine chunks
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const auto one_thread = DrawTtaNoise(7, 2, 0.05, shape);
+  at::set_num_threads(2);
+  const auto two_threads = DrawTtaNoise(7, 2, 0.05, shape);
+  at::set_num_threads(threads);
+  EXPECT_TRUE(torch::equal(one_thread, two_threads));
+  ASSERT_EQ(one_thread.sizes(), at::IntArrayRef(shape));
+  EXPECT_NEAR(one_thread.mean().item<double>(), 0.0, 0.05 * 5 / std::sqrt(225.0 * 640));
+  EXPECT_NEAR(one_thread.std().item<double>(), 0.05, 0.05 * 0.01);
+
+  const auto flat = one_thread.view(-1);
+  const auto first = flat.narrow(0, 0, kTtaNoiseChunk), second = flat.narrow(0, kTtaNoiseChunk, kTtaNoiseChunk);
+  auto correlation = [](const at::Tensor& a, const at::Tensor& b) {
+    return ((a - a.mean()) * (b - b.mean())).mean().item<double>() / (a.std().item<double>() * b.std().item<double>());
+  };
+  // Independent draws of 16384 values correlate within a few times 1/√16384 ≈ 0.008.
+  EXPECT_LT(std::abs(correlation(first, second)), 0.04);
+  for (const auto& other : {DrawTtaNoise(7, 3, 0.05, shape), DrawTtaNoise(8, 2, 0.05, shape)}) {
+    EXPECT_LT(std::abs(correlation(flat, other.view(-1))), 0.02);
+  }
 }
 
 // bfloat16 products follow float32's within bfloat16's rounding.

@@ -312,6 +312,46 @@ TEST(LinearTest, AutogradStaysOnLibtorchsPathAndBfloat16FollowsFloat32) {
   }
 }
 
+// A bfloat16 product written as float32 (the adapter's products) and a transposed input read
+// through its strides, on both libraries, against libtorch's float32 product.
+TEST(LinearTest, Bfloat16WrittenAsFloat32AndTransposedInputsReadInPlace) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  torch::manual_seed(8);
+  torch::NoGradGuard no_grad;
+  const auto columns = torch::randn({40, 30});  // x = columnsᵀ [30,40], a transposed view
+  const auto x = columns.t(), weight = torch::randn({24, 40}), bias = torch::randn({24});
+  ASSERT_FALSE(x.is_contiguous());
+  const auto want = at::linear(x.contiguous(), weight, bias);
+  for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
+    GemmLibraryScope scope(library);
+    EXPECT_TRUE(torch::allclose(Linear(x, weight, bias), want, 1e-5, 1e-5)) << GemmLibraryName(library);
+    const auto half = Linear(ConvertForProduct(x, torch::kBFloat16), ConvertForProduct(weight, torch::kBFloat16),
+                             ConvertForProduct(bias, torch::kBFloat16), {Activation::kTanh, {}, torch::kFloat});
+    EXPECT_EQ(half.scalar_type(), torch::kFloat) << GemmLibraryName(library);
+    EXPECT_LT((half - torch::tanh(want)).abs().max().item<float>(), 5e-2) << GemmLibraryName(library);
+  }
+}
+
+// oneDNN's reorder converts as libtorch does (round to nearest even), keeps a dense view's layout
+// and reads a strided one.
+TEST(LinearTest, ConvertForProductEqualsLibtorchsConversion) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  GemmLibraryScope scope(GemmLibrary::kOneDnn);
+  torch::manual_seed(9);
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({70, 33}) * 100;
+  const auto half = ConvertForProduct(x, torch::kBFloat16);
+  ASSERT_EQ(half.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(half, x.to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::equal(ConvertForProduct(half, torch::kFloat), half.to(torch::kFloat)));
+  const auto transposed = ConvertForProduct(x.t(), torch::kBFloat16);
+  EXPECT_EQ(transposed.strides(), x.t().strides());
+  EXPECT_TRUE(torch::equal(transposed, x.t().to(torch::kBFloat16)));
+  const auto every_other_row = x.slice(0, 0, 70, 2);
+  EXPECT_TRUE(torch::equal(ConvertForProduct(every_other_row, torch::kBFloat16), every_other_row.to(torch::kBFloat16)));
+  EXPECT_TRUE(ConvertForProduct(x, torch::kFloat).is_same(x));  // already in the dtype: itself
+}
+
 // The attention in bfloat16 through oneDNN follows float32's.
 TEST(AttentionBfloat16Test, FollowsFloat32) {
   if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
