@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <list>
+#include <mutex>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "anomaly/adamw.h"
@@ -186,6 +189,62 @@ at::Tensor DrawTtaNoise(uint64_t seed, int step, double sigma, at::IntArrayRef s
   return noise;
 }
 
+namespace {
+
+// The last draws of CachedTtaNoise, most recent first, within kTtaNoiseCacheBytes.
+struct NoiseCache {
+  struct Entry {
+    std::tuple<uint64_t, int, double, std::vector<int64_t>> key;
+    at::Tensor noise;
+  };
+  std::mutex mutex;
+  std::list<Entry> entries;
+  size_t bytes = 0;
+};
+
+NoiseCache& TheNoiseCache() {
+  static NoiseCache cache;
+  return cache;
+}
+
+}  // namespace
+
+at::Tensor CachedTtaNoise(uint64_t seed, int step, double sigma, at::IntArrayRef shape) {
+  NoiseCache& cache = TheNoiseCache();
+  auto key = std::make_tuple(seed, step, sigma, shape.vec());
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    for (auto it = cache.entries.begin(); it != cache.entries.end(); ++it) {
+      if (it->key == key) {
+        cache.entries.splice(cache.entries.begin(), cache.entries, it);
+        return it->noise;
+      }
+    }
+  }
+  // Drawn outside the lock: another thread may draw the same noise meanwhile, which costs time
+  // but not correctness (the draws are equal).
+  at::Tensor noise = DrawTtaNoise(seed, step, sigma, shape);
+  const size_t bytes = noise.numel() * sizeof(float);
+  if (bytes > kTtaNoiseCacheBytes) return noise;
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  for (const auto& entry : cache.entries) {
+    if (entry.key == key) return entry.noise;
+  }
+  while (cache.bytes + bytes > kTtaNoiseCacheBytes) {
+    cache.bytes -= cache.entries.back().noise.numel() * sizeof(float);
+    cache.entries.pop_back();
+  }
+  cache.entries.push_front({std::move(key), noise});
+  cache.bytes += bytes;
+  return noise;
+}
+
+size_t TtaNoiseCacheBytes() {
+  NoiseCache& cache = TheNoiseCache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  return cache.bytes;
+}
+
 absl::StatusOr<TestTimeAdapter> TestTimeAdapter::Create(const TtaOptions& options) {
   if (options.steps < 1 || options.steps > 100) {
     return absl::InvalidArgumentError(absl::StrCat("tta steps must be in 1..100; was ", options.steps));
@@ -254,7 +313,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   const auto compute = options_.compute_dtype;
   for (int step = 0; step < options_.steps; ++step) {
     const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
-                                      : DrawTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
+                                      : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
     at::add_out(noisy, patches, delta.to(options));
     at::div_out(noisy_normalized, noisy, RowNorms(noisy));
     // norm(X) in the products' dtype once for the forward and the backward products.

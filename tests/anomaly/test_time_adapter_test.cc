@@ -159,6 +159,30 @@ TEST(TtaNoiseTest, GaussianIndependentAndTheSameOnAnyThreadCount) {
   }
 }
 
+// The cache hands back exactly what a fresh draw gives, for the key asked, and stays within its
+// bound while more distinct draws than it holds go through it.
+TEST(TtaNoiseTest, CachedNoiseIsTheDrawOfItsKeyWithinTheBound) {
+  const std::vector<int64_t> shape{225, 640};
+  const size_t draw_bytes = 225 * 640 * sizeof(float);
+  const int draws = static_cast<int>(kTtaNoiseCacheBytes / draw_bytes) + 5;  // more than it holds
+  for (int seed = 0; seed < draws; ++seed) {
+    const auto cached = CachedTtaNoise(100 + seed, seed % 5, 0.05, shape);
+    ASSERT_TRUE(torch::equal(cached, DrawTtaNoise(100 + seed, seed % 5, 0.05, shape))) << "seed " << seed;
+    EXPECT_LE(TtaNoiseCacheBytes(), kTtaNoiseCacheBytes);
+  }
+  EXPECT_GE(TtaNoiseCacheBytes(), kTtaNoiseCacheBytes - draw_bytes);  // it did keep draws
+  // The most recent draw comes back from the cache (the same tensor); an evicted one is drawn again.
+  const auto again = CachedTtaNoise(100 + draws - 1, (draws - 1) % 5, 0.05, shape);
+  EXPECT_TRUE(again.is_same(CachedTtaNoise(100 + draws - 1, (draws - 1) % 5, 0.05, shape)));
+  EXPECT_TRUE(torch::equal(CachedTtaNoise(100, 0, 0.05, shape), DrawTtaNoise(100, 0, 0.05, shape)));
+  // Each argument is part of the key.
+  const auto base = CachedTtaNoise(1, 1, 0.05, shape);
+  EXPECT_FALSE(torch::equal(base, CachedTtaNoise(2, 1, 0.05, shape)));
+  EXPECT_FALSE(torch::equal(base, CachedTtaNoise(1, 2, 0.05, shape)));
+  EXPECT_TRUE(torch::allclose(CachedTtaNoise(1, 1, 0.1, shape), base * 2, 1e-6, 1e-6));
+  EXPECT_EQ(CachedTtaNoise(1, 1, 0.05, {640, 225}).sizes(), (std::vector<int64_t>{640, 225}));
+}
+
 // bfloat16 products follow float32's within bfloat16's rounding.
 TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {
   torch::manual_seed(22);
