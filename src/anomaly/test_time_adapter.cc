@@ -269,17 +269,27 @@ TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const at::Tensor& pr
   const int64_t batch = patches.size(0);
   TtaResult result;
   result.losses.assign(batch, {});
-  std::vector<at::Tensor> probs;
-  for (int64_t i = 0; i < batch; ++i) {
-    probs.push_back(AdaptImage(i, patches[i], prompts[i], text_features[i], result.losses[i]));
-  }
+  std::vector<at::Tensor> probs(batch);
+  const auto adapt = [&](int64_t i) {
+    probs[i] = AdaptImage(i, patches[i], prompts[i], text_features[i], result.losses[i]);
+  };
+  // On the CPU, whole rounds of one image per thread, each image's products on its own thread:
+  // one image's [450×640]-sized products split over the threads wait on each other at every
+  // product. The images left over adapt one at a time on all threads.
+  const int64_t threads = patches.device().is_cpu() ? at::get_num_threads() : 1;
+  const int64_t spread = threads > 1 ? batch / threads * threads : 0;
+  at::parallel_for(0, spread, 1, [&](int64_t first, int64_t last) {
+    at::NoGradGuard thread_no_grad;  // grad mode is per thread
+    for (int64_t i = first; i < last; ++i) adapt(i);
+  });
+  for (int64_t i = spread; i < batch; ++i) adapt(i);
   result.patch_probs = at::stack(probs);
   return result;
 }
 
-// One image's adaptation. Images adapt one at a time: each has its own W and b, AdamW is
-// element-wise and the summed loss separates per image, so this equals adapting the batch at
-// once, and one image's tensors stay in the cache.
+// One image's adaptation. Images adapt apart: each has its own W and b, AdamW is element-wise
+// and the summed loss separates per image, so this equals adapting the batch at once, and one
+// image's tensors stay in its core's cache.
 at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches, const at::Tensor& prompts,
                                        const at::Tensor& text_features, std::vector<float>& losses) const {
   const int64_t tokens = patches.size(0), dim = patches.size(1), rows = prompts.size(0);

@@ -57,6 +57,32 @@ std::pair<at::Tensor, std::vector<float>> TracedAdaptation(const at::Tensor& pat
 
 class TestTimeAdapterTest : public ::testing::TestWithParam<std::tuple<GemmLibrary, TtaInit>> {};
 
+// Images of a batch adapt one per thread in whole rounds and the rest one at a time on all
+// threads (a batch of three on two threads takes both ways): each image's result is what it gets
+// alone.
+TEST(TestTimeAdapterBatchTest, EveryImageOfABatchAdaptsAsAlone) {
+  torch::manual_seed(24);
+  auto patches = torch::randn({3, 30, 24}) * 3, prompts = Normalize(torch::randn({3, 14, 24}));
+  auto text = Normalize(torch::randn({3, 2, 24}));
+  TtaOptions options;
+  options.lr = 0.05;
+  auto adapter = TestTimeAdapter::Create(options);
+  ASSERT_TRUE(adapter.ok());
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  const TtaResult batched = adapter->Adapt(patches, prompts, text);
+  for (int64_t image = 0; image < 3; ++image) {
+    const TtaResult alone = adapter->Adapt(patches.narrow(0, image, 1), prompts.narrow(0, image, 1),
+                                           text.narrow(0, image, 1));
+    EXPECT_LT((batched.patch_probs[image] - alone.patch_probs[0]).abs().max().item<float>(), 1e-6) << image;
+    ASSERT_EQ(batched.losses[image].size(), alone.losses[0].size());
+    for (size_t step = 0; step < alone.losses[0].size(); ++step) {
+      EXPECT_NEAR(batched.losses[image][step], alone.losses[0][step], 1e-6) << image << " step " << step;
+    }
+  }
+  at::set_num_threads(threads);
+}
+
 // The written-out gradients and the fused AdamW against autograd and libtorch's AdamW, through
 // either GEMM library, with both initialisations, a batch of two images with their own prompts.
 TEST_P(TestTimeAdapterTest, MatchesTracedGradientsAndLibtorchsAdamW) {
