@@ -19,6 +19,13 @@ inline std::string TinyVitDir() { return ReferenceDir() + "/tiny-vit"; }
 inline std::string TinyModelDir() { return TinyVitDir() + "/model"; }
 inline std::string VocabPath() { return ReferenceDir() + "/bpe_simple_vocab_16e6.txt.gz"; }
 
+// The thread count for a test of libtorch's parallel paths: OMP_NUM_THREADS where the run sets it
+// (the ThreadSanitizer run sets 1: libgomp's barriers are invisible to it), else 2.
+inline int ParallelTestThreads() {
+  const char* threads = std::getenv("OMP_NUM_THREADS");
+  return threads != nullptr && std::atoi(threads) > 0 ? std::atoi(threads) : 2;
+}
+
 // Directory of the built executables (anoclip, anoclip-server, anoclip-client).
 inline std::string BinDir() {
   const char* dir = std::getenv("ANOCLIP_BIN_DIR");

@@ -9,6 +9,7 @@
 
 #include "anomaly/adamw.h"
 #include "model/linear.h"
+#include "test_util.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -69,7 +70,7 @@ TEST(TestTimeAdapterBatchTest, EveryImageOfABatchAdaptsAsAlone) {
   auto adapter = TestTimeAdapter::Create(options);
   ASSERT_TRUE(adapter.ok());
   const int threads = at::get_num_threads();
-  at::set_num_threads(2);
+  at::set_num_threads(testing::ParallelTestThreads());
   const TtaResult batched = adapter->Adapt(patches, prompts, text);
   for (int64_t image = 0; image < 3; ++image) {
     const TtaResult alone = adapter->Adapt(patches.narrow(0, image, 1), prompts.narrow(0, image, 1),
@@ -165,7 +166,7 @@ TEST(TtaNoiseTest, GaussianIndependentAndTheSameOnAnyThreadCount) {
   const int threads = at::get_num_threads();
   at::set_num_threads(1);
   const auto one_thread = DrawTtaNoise(7, 2, 0.05, shape);
-  at::set_num_threads(2);
+  at::set_num_threads(testing::ParallelTestThreads());
   const auto two_threads = DrawTtaNoise(7, 2, 0.05, shape);
   at::set_num_threads(threads);
   EXPECT_TRUE(torch::equal(one_thread, two_threads));
