@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "anomaly/adamw.h"
+#include "anomaly/adapter_loss.h"
 #include "model/linear.h"
 
 namespace anoclip::anomaly {
@@ -58,117 +59,6 @@ Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const 
 // prob(X) [R,2] (normal, abnormal) from the rows of 2·Φ(X) and t [2,D].
 at::Tensor Probabilities(const at::Tensor& doubled, const at::Tensor& text_features) {
   return at::softmax(at::matmul(doubled / RowNorms(doubled), text_features.t()), -1);
-}
-
-// The step's loss and its gradient with respect to 2·Φ(X) [R,D], for a block whose first
-// `clean_rows` rows are the clean tokens and the rest the noisy ones.
-struct LossGradient {
-  at::Tensor loss;       // scalar
-  at::Tensor d_doubled;  // [R,D] float32
-};
-
-// With libtorch's ops, on any device.
-LossGradient LossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows) {
-  const double inverse_tokens = 1.0 / static_cast<double>(clean_rows);
-  const auto norms = RowNorms(doubled);
-  const auto unit = doubled / norms;
-  const auto logits = at::matmul(unit, text_features.t());
-  const auto probs = at::softmax(logits, -1);
-  const auto p0 = probs.narrow(0, 0, clean_rows), p1 = probs.narrow(0, clean_rows, probs.size(0) - clean_rows);
-  const auto log_p0 = p0.log(), log_p1_abnormal = p1.select(1, 1).log();
-  LossGradient g;
-  // loss = mean_i(−Σ_c p0·log p0) + 0.5·mean_i(−log p1_abnormal − log p0_normal)
-  g.loss = -(p0 * log_p0).sum(-1).mean() + 0.5 * (-log_p1_abnormal - log_p0.select(1, 0)).mean();
-
-  auto d_probs = at::zeros_like(probs);
-  auto d_p0 = d_probs.narrow(0, 0, clean_rows);
-  d_p0.copy_((log_p0 + 1) * -inverse_tokens);
-  d_p0.select(1, 0).sub_(0.5 * inverse_tokens / p0.select(1, 0));
-  d_probs.narrow(0, clean_rows, p1.size(0)).select(1, 1).copy_(-0.5 * inverse_tokens / p1.select(1, 1));
-  const auto d_logits = probs * (d_probs - (probs * d_probs).sum(-1, true));  // softmax
-  // Back through the row normalisation: (d_unit − unit·(unit·d_unit)) / norms, where
-  // d_unit = d_logits·[t+, t−] and so unit·d_unit = Σ_c d_logits_c·logits_c.
-  const auto row_dot = (d_logits * logits).sum(-1, true);
-  g.d_doubled = at::addmm(unit * (-row_dot / norms), d_logits / norms, text_features);
-  return g;
-}
-
-// The same on the CPU in one pass over the rows, every term of which only sees its own row:
-// the libtorch version's two dozen ops over [R,2] and [R,D] tensors took a third of a float32
-// step (docs/performance.md).
-void LossGradientRows(const float* doubled, const float* text, int64_t dim, int64_t row, int64_t clean_rows,
-                      float* d_doubled, float* loss) {
-  const float* y = doubled + row * dim;
-  const float *normal_text = text, *abnormal_text = text + dim;
-  // Eight partial sums per reduction, so the compiler can keep them in vector registers (a
-  // single running float sum must be added in order).
-  constexpr int kLanes = 8;
-  float length2[kLanes] = {}, dot0[kLanes] = {}, dot1[kLanes] = {};
-  int64_t d = 0;
-  for (; d + kLanes <= dim; d += kLanes) {
-    for (int lane = 0; lane < kLanes; ++lane) {
-      const float value = y[d + lane];
-      length2[lane] += value * value;
-      dot0[lane] += value * normal_text[d + lane];
-      dot1[lane] += value * abnormal_text[d + lane];
-    }
-  }
-  for (; d < dim; ++d) {
-    length2[0] += y[d] * y[d];
-    dot0[0] += y[d] * normal_text[d];
-    dot1[0] += y[d] * abnormal_text[d];
-  }
-  for (int lane = 1; lane < kLanes; ++lane) {
-    length2[0] += length2[lane];
-    dot0[0] += dot0[lane];
-    dot1[0] += dot1[lane];
-  }
-  const float length = std::max(std::sqrt(length2[0]), 1e-12f);
-  const float logit0 = dot0[0] / length, logit1 = dot1[0] / length;
-  const float top = std::max(logit0, logit1);
-  const float log_sum = top + std::log(std::exp(logit0 - top) + std::exp(logit1 - top));
-  const float log_p0 = logit0 - log_sum, log_p1 = logit1 - log_sum;
-  const float p0 = std::exp(log_p0), p1 = std::exp(log_p1);
-  const float inverse_tokens = 1.0f / static_cast<float>(clean_rows);
-  float d_p0, d_p1;
-  if (row < clean_rows) {  // −Σ_c p·log p − 0.5·log p_normal, over the token count
-    *loss = (-(p0 * log_p0 + p1 * log_p1) - 0.5f * log_p0) * inverse_tokens;
-    d_p0 = -(log_p0 + 1) * inverse_tokens - 0.5f * inverse_tokens / p0;
-    d_p1 = -(log_p1 + 1) * inverse_tokens;
-  } else {  // −0.5·log p_abnormal of the noisy token
-    *loss = -0.5f * log_p1 * inverse_tokens;
-    d_p0 = 0;
-    d_p1 = -0.5f * inverse_tokens / p1;
-  }
-  const float weighted = p0 * d_p0 + p1 * d_p1;
-  const float d_logit0 = p0 * (d_p0 - weighted), d_logit1 = p1 * (d_p1 - weighted);
-  // d = (d_logits·t − unit·row_dot) / length, with unit = y / length.
-  const float inverse = 1.0f / length, text0 = d_logit0 * inverse, text1 = d_logit1 * inverse;
-  const float own = (d_logit0 * logit0 + d_logit1 * logit1) * inverse * inverse;
-  float* out = d_doubled + row * dim;
-  for (d = 0; d < dim; ++d) out[d] = text0 * normal_text[d] + text1 * abnormal_text[d] - own * y[d];
-}
-
-LossGradient ComputeLossGradient(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows) {
-  if (!doubled.device().is_cpu() || doubled.scalar_type() != at::kFloat) {
-    return LossGradientOps(doubled, text_features, clean_rows);
-  }
-  const auto y = doubled.contiguous(), text = text_features.to(at::kFloat).contiguous();
-  const int64_t rows = y.size(0), dim = y.size(1);
-  LossGradient g;
-  g.d_doubled = at::empty_like(y);
-  auto row_losses = at::empty({rows}, y.options());
-  const float* y_data = y.data_ptr<float>();
-  const float* text_data = text.data_ptr<float>();
-  float* d_data = g.d_doubled.data_ptr<float>();
-  float* loss_data = row_losses.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t first, int64_t last) {
-    for (int64_t row = first; row < last; ++row) {
-      LossGradientRows(y_data, text_data, dim, row, clean_rows, d_data, loss_data + row);
-    }
-  });
-  g.loss = row_losses.sum();
-  return g;
 }
 
 }  // namespace
@@ -329,7 +219,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     // norm(X) in the products' dtype once for the forward and the backward products.
     const auto normalized_compute = model::ConvertForProduct(normalized, compute);
     const Forward f = AdapterForward(x, normalized_compute, weight, bias, prompts_compute, compute);
-    const LossGradient g = ComputeLossGradient(f.doubled, text_features, tokens);
+    const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens);
     losses.push_back(g.loss.item<float>());
 
     // Back through the adapter to W and b.

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "anomaly/adamw.h"
+#include "anomaly/adapter_loss.h"
 #include "model/linear.h"
 #include "test_util.h"
 
@@ -82,6 +83,22 @@ TEST(TestTimeAdapterBatchTest, EveryImageOfABatchAdaptsAsAlone) {
     }
   }
   at::set_num_threads(threads);
+}
+
+// The one-pass loss on the CPU against libtorch's ops (the path other devices take), on rows of
+// many scales.
+TEST(AdapterLossTest, OnePassOverTheRowsEqualsLibtorchsOps) {
+  torch::manual_seed(25);
+  const int64_t clean = 37, dim = 45;  // a dimension that is no multiple of the eight lanes
+  auto doubled = torch::randn({2 * clean, dim}) * torch::rand({2 * clean, 1}) * 10;
+  const auto text = Normalize(torch::randn({2, dim}));
+  const AdapterLoss fused = AdapterLossGradient(doubled, text, clean);
+  const AdapterLoss ops = AdapterLossGradientOps(doubled, text, clean);
+  EXPECT_NEAR(fused.loss.item<float>(), ops.loss.item<float>(), 1e-6);
+  ASSERT_EQ(fused.d_doubled.sizes(), doubled.sizes());
+  EXPECT_TRUE(torch::allclose(fused.d_doubled, ops.d_doubled, 1e-5, 1e-7))
+      << (fused.d_doubled - ops.d_doubled).abs().max().item<float>();
+  EXPECT_GT(ops.d_doubled.abs().max().item<float>(), 1e-4);  // a gradient worth comparing
 }
 
 // The written-out gradients and the fused AdamW against autograd and libtorch's AdamW, through
