@@ -4,10 +4,11 @@
 //
 // Every image keeps its own W [2N,D] and b [2N] and adapts alone, so results do not depend on the
 // batch; its random init comes from its own generator seeded with the seed, its noise from
-// CachedTtaNoise. The
-// loss's gradient is written out (docs/algorithm.md §7) rather than traced by autograd: the four
-// products per step go through the process's GEMM library and the element-wise work is about a
-// dozen passes. Stateless between calls; safe to call from several threads.
+// CachedTtaNoise. The loss's gradient is written out (docs/algorithm.md §7) rather than traced by
+// autograd: the four products per step go through the process's GEMM library, the loss and its
+// gradient are one pass over the rows (anomaly/adapter_loss.h), and a batch's images adapt one
+// per thread. Stateless between calls (but for the noise cache); safe to call from several
+// threads.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -78,8 +78,10 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   const auto output_dtype =
       epilogue.output_dtype == at::ScalarType::Undefined ? x.scalar_type() : epilogue.output_dtype;
   auto y = at::empty(sizes, x.options().dtype(output_dtype));
-  // A 2-D x is read through its strides (a transposed view needs no copy); more dims as rows.
-  const auto rows = x.dim() == 2 ? x : Rows(x, in);
+  // A 2-D x with contiguous rows or columns (a transposed view) is read through its strides, with
+  // no copy; anything else as dense rows.
+  const bool strided_matrix = x.dim() == 2 && (x.stride(1) == 1 || x.stride(0) == 1);
+  const auto rows = strided_matrix ? x : Rows(x, in);
   const int64_t m = rows.size(0);
   if (m == 0 || out == 0) return y;
 
