@@ -190,6 +190,8 @@ TEST(TtaNoiseTest, GaussianIndependentAndTheSameOnAnyThreadCount) {
   ASSERT_EQ(one_thread.sizes(), at::IntArrayRef(shape));
   EXPECT_NEAR(one_thread.mean().item<double>(), 0.0, 0.05 * 5 / std::sqrt(225.0 * 640));
   EXPECT_NEAR(one_thread.std().item<double>(), 0.05, 0.05 * 0.01);
+  EXPECT_TRUE(torch::equal(DrawTtaNoise(7, 2, 0.0, shape), torch::zeros(shape)));  // sigma 0 is allowed
+  EXPECT_EQ(DrawTtaNoise(7, 2, 0.05, {0, 640}).numel(), 0);
 
   const auto flat = one_thread.view(-1);
   const auto first = flat.narrow(0, 0, kTtaNoiseChunk), second = flat.narrow(0, kTtaNoiseChunk, kTtaNoiseChunk);
