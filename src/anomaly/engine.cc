@@ -247,6 +247,11 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
       engine->gemm_library = forced_gemm ? *forced_gemm
                                          : ChooseGemmLibrary(options.memo_dir, model::LargestVisionGemm(engine->config, 1));
       model::SetGemmLibrary(engine->gemm_library);
+      // The vision tower runs every request: its float32 weights in oneDNN's blocks (int8 packs
+      // its own). The text tower runs once per class and keeps the plain weights.
+      if (engine->gemm_library == model::GemmLibrary::kOneDnn && options.precision == "fp32") {
+        engine->model->visual->transformer->PackWeightsOnFirstUse();
+      }
     }
     // The adapter trains, which int8 cannot; where the CPU multiplies bfloat16 natively, int8's
     // adapter runs its products in bfloat16 as bf16's does (docs/performance.md).

@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -22,11 +24,31 @@ namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;  // the format's own limit
 
+// The live mappings' address ranges, for ReleaseMappedPages.
+struct MappedRanges {
+  std::mutex mutex;
+  std::map<uintptr_t, uintptr_t> ends;  // begin -> end
+};
+
+MappedRanges& TheMappedRanges() {
+  static MappedRanges ranges;
+  return ranges;
+}
+
 struct Mapping {
   void* data = MAP_FAILED;
   size_t size = 0;
+  void Register() {
+    MappedRanges& ranges = TheMappedRanges();
+    std::lock_guard<std::mutex> lock(ranges.mutex);
+    ranges.ends[reinterpret_cast<uintptr_t>(data)] = reinterpret_cast<uintptr_t>(data) + size;
+  }
   ~Mapping() {
-    if (data != MAP_FAILED) munmap(data, size);
+    if (data == MAP_FAILED) return;
+    MappedRanges& ranges = TheMappedRanges();
+    std::lock_guard<std::mutex> lock(ranges.mutex);
+    ranges.ends.erase(reinterpret_cast<uintptr_t>(data));
+    munmap(data, size);
   }
 };
 
@@ -81,6 +103,7 @@ absl::StatusOr<StateDict> ReadSafetensors(const std::string& path, std::map<std:
   mapping->data = mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   close(fd);
   if (mapping->data == MAP_FAILED) return Invalid(path, absl::StrCat("mmap failed: ", std::strerror(errno)));
+  mapping->Register();
   const auto* bytes = static_cast<const uint8_t*>(mapping->data);
 
   uint64_t header_size = 0;
@@ -173,6 +196,27 @@ absl::StatusOr<StateDict> ReadSafetensors(const std::string& path, std::map<std:
     }
   }
   return tensors;
+}
+
+void ReleaseMappedPages(const at::Tensor& tensor) {
+  if (!tensor.defined() || !tensor.device().is_cpu() || tensor.numel() == 0) return;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(tensor.data_ptr());
+  // The tensor's extent: from its first element to one past its last, over its strides.
+  uintptr_t end = first + tensor.element_size();
+  for (int64_t d = 0; d < tensor.dim(); ++d) {
+    if (tensor.stride(d) < 0) return;
+    end += static_cast<uintptr_t>((tensor.size(d) - 1) * tensor.stride(d)) * tensor.element_size();
+  }
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  // Whole pages only: a page at either end may hold a neighbour's bytes too.
+  const uintptr_t begin_page = (first + page - 1) / page * page, end_page = end / page * page;
+  MappedRanges& ranges = TheMappedRanges();
+  std::lock_guard<std::mutex> lock(ranges.mutex);  // the mapping stays while the advice runs
+  auto it = ranges.ends.upper_bound(first);
+  if (it == ranges.ends.begin()) return;
+  --it;
+  if (end > it->second || end_page <= begin_page) return;
+  madvise(reinterpret_cast<void*>(begin_page), end_page - begin_page, MADV_DONTNEED);
 }
 
 absl::Status WriteSafetensors(const std::string& path, const StateDict& tensors,

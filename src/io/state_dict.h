@@ -23,6 +23,13 @@ using StateDict = std::map<std::string, at::Tensor>;
 absl::StatusOr<StateDict> ReadSafetensors(const std::string& path,
                                           std::map<std::string, std::string>* metadata = nullptr);
 
+// Where `tensor` lies in a file mapped by ReadSafetensors, drops its whole pages from the
+// process's resident memory (madvise MADV_DONTNEED): the next access reads them back from the
+// file (the page cache, mostly). For weights whose data has moved elsewhere (packed for a kernel):
+// the tensor must not have been written since it was read, or the write is lost. Elsewhere (a
+// copied tensor, the heap) it does nothing.
+void ReleaseMappedPages(const at::Tensor& tensor);
+
 // Writes contiguous CPU copies of the tensors, keys sorted, with optional string metadata.
 absl::Status WriteSafetensors(const std::string& path, const StateDict& tensors,
                               const std::map<std::string, std::string>& metadata = {});

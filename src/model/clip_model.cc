@@ -58,6 +58,7 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
   const size_t layers = transformer->blocks.size();
   for (size_t l = 0; l < layers; ++l) {
     auto& block = transformer->blocks[l];
+    block->PackWeightsIfAsked();
     const bool last = l + 1 == layers;
     auto y = block->ln_1->forward(z);
     if (last && !request.plain_patches) {

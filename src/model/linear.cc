@@ -22,8 +22,10 @@ bool OnOneDnn(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight
 }
 
 at::Tensor LinearWith(GemmLibrary library, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                      const Epilogue& epilogue) {
-  if (OnOneDnn(library, x, weight) && !at::GradMode::is_enabled()) return onednn::Linear(x, weight, bias, epilogue);
+                      const Epilogue& epilogue, const PackedWeight& packed = {}) {
+  if (OnOneDnn(library, x, weight) && !at::GradMode::is_enabled()) {
+    return onednn::Linear(x, weight, bias, epilogue, packed);
+  }
   return ApplyEpilogue(at::linear(x, weight, bias), epilogue);
 }
 
@@ -85,8 +87,14 @@ at::Tensor ConvertForProduct(const at::Tensor& x, at::ScalarType dtype) {
   return x.to(dtype);
 }
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
-  return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias, epilogue);
+PackedWeight PackWeight(const at::Tensor& weight) {
+  if (!OnOneDnn(selected.load(), weight, weight)) return {};
+  return onednn::Pack(weight);
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue,
+                  const PackedWeight& packed) {
+  return LinearWith(selected.load(std::memory_order_relaxed), x, weight, bias, epilogue, packed);
 }
 
 }  // namespace anoclip::model

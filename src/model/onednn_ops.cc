@@ -10,9 +10,16 @@
 #include <unordered_map>
 
 namespace anoclip::model::onednn {
-namespace {
 
 using dnnl::memory;
+
+struct BlockedLayout {
+  memory::desc blocks;  // the weight as the matmul's [in,out] operand, blocked
+  int64_t in, out;
+  at::ScalarType dtype;
+};
+
+namespace {
 
 const dnnl::engine& Engine() {
   static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -70,8 +77,36 @@ dnnl::post_ops PostOps(const Epilogue& epilogue) {
 
 }  // namespace
 
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue) {
+PackedWeight Pack(const at::Tensor& weight) {
+  const int64_t out = weight.size(0), in = weight.size(1);
+  const auto type = DataType(weight);
+  // The matmul's choice for this weight; one row count stands for all (the vision tower's shapes
+  // got the same blocks from 1 to 3,616 rows).
+  constexpr int64_t kRows = 256;
+  const dnnl::matmul::primitive_desc plan(
+      dnnl::matmul::desc(memory::desc({kRows, in}, type, memory::format_tag::ab),
+                         memory::desc({in, out}, type, memory::format_tag::any),
+                         memory::desc({kRows, out}, type, memory::format_tag::ab)),
+      Engine());
+  const memory::desc plain = Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
+  const memory::desc blocked = plan.weights_desc();
+  if (blocked == plain) return {};
+  PackedWeight packed;
+  packed.blocks = at::empty({static_cast<int64_t>(blocked.get_size())}, weight.options().dtype(at::kByte));
+  packed.layout = std::make_shared<const BlockedLayout>(BlockedLayout{blocked, in, out, weight.scalar_type()});
+  memory source = Bind(plain, weight), target = Bind(blocked, packed.blocks);
+  dnnl::reorder(source, target).execute(Stream(), source, target);
+  return packed;
+}
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue,
+                  const PackedWeight& packed) {
   const int64_t in = weight.size(1), out = weight.size(0);
+  if (packed.packed()) {
+    const BlockedLayout& layout = *packed.layout;
+    TORCH_CHECK(layout.in == in && layout.out == out && layout.dtype == weight.scalar_type(),
+                "the packed weight is not this layer's");
+  }
   TORCH_CHECK(x.size(-1) == in, "linear input has ", x.size(-1), " features, weight expects ", in);
   auto sizes = x.sizes().vec();
   sizes.back() = out;
@@ -107,18 +142,21 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   }
   const bool dense = rows.stride(0) == in && rows.stride(1) == 1 && weight.stride(1) == 1 && weight.stride(0) == in &&
                      (!bias.defined() || bias.stride(0) == 1);
-  const bool inner_product = m >= kInnerProductMinRows && dense;
+  // A packed weight goes to the matmul at any row count: 1-2% faster than the inner product at
+  // 1,808 rows (docs/performance.md).
+  const bool inner_product = m >= kInnerProductMinRows && dense && !packed.packed();
   // The inner product reads the weight as it lies, [out,in]; the matmul reads it as the [in,out]
-  // matrix its product needs, through its strides.
-  const auto weights = inner_product ? Describe(weight, {out, in}, {in, 1})
-                                     : Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
+  // matrix its product needs, through its strides, or in its blocks.
+  const auto weights = packed.packed() ? packed.layout->blocks
+                       : inner_product ? Describe(weight, {out, in}, {in, 1})
+                                       : Describe(weight, {in, out}, {weight.stride(1), weight.stride(0)});
   memory::desc bias_desc;
   if (bias.defined()) {
     bias_desc = inner_product ? Describe(bias, {out}, {1}) : Describe(bias, {1, out}, {out, bias.stride(0)});
     args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias));
   }
   args.emplace(DNNL_ARG_SRC, Bind(src, rows));
-  args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, weight));
+  args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, packed.packed() ? packed.blocks : weight));
   // oneDNN's primitive cache returns the kernel built for an earlier call of the same shape.
   if (inner_product) {
     const dnnl::inner_product_forward::primitive_desc plan(

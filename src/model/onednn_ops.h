@@ -25,8 +25,14 @@ inline constexpr int64_t kInnerProductMinRows = 1536;
 
 // x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 or bfloat16 CPU
 // tensors of one type (bfloat16 products accumulate in float32), written in the epilogue's
-// output dtype (float32 or bfloat16).
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue);
+// output dtype (float32 or bfloat16). Where `packed` holds this weight (Pack), the matmul reads
+// its blocks instead, whatever the row count.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Epilogue& epilogue,
+                  const PackedWeight& packed = {});
+
+// weight [out,in] (float32 or bfloat16 on the CPU, any strides) in the blocked layout oneDNN's
+// matmul chooses for it, the same at every row count; empty where that is the plain layout.
+PackedWeight Pack(const at::Tensor& weight);
 
 // x (float32 or bfloat16 on the CPU, any strides) as a tensor of `dtype` (either), through
 // oneDNN's reorder; dense in x's layout where x is dense (a transposed view stays transposed),

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/blas_info.h"
+#include "io/state_dict.h"
 #include "model/linear.h"
 #include "model/onednn_ops.h"
 
@@ -26,11 +27,19 @@ struct HeadView {
   int64_t row_stride;
 };
 
-// One of a layer's products: int8 where the weight was packed so, else Linear.
+// One of a layer's products: int8 where the weight was packed so, else Linear (on the packed
+// weight where it is).
 at::Tensor Product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Int8Linear& int8,
-                   const Epilogue& epilogue = {}) {
+                   const PackedWeight& packed, const Epilogue& epilogue = {}) {
   if (int8.packed()) return ApplyEpilogue(int8(x), epilogue);
-  return Linear(x, weight, bias, epilogue);
+  return Linear(x, weight, bias, epilogue, packed);
+}
+
+// `weight` packed, and its pages of a mapped weight file released (TransformerImpl::PackWeights).
+PackedWeight PackAndRelease(const at::Tensor& weight) {
+  PackedWeight packed = PackWeight(weight);
+  if (packed.packed()) io::ReleaseMappedPages(weight);
+  return packed;
 }
 
 }  // namespace
@@ -61,18 +70,28 @@ void AttentionImpl::PackInt8() {
   out_proj_int8 = Int8Linear::Pack(out_proj->weight, out_proj->bias);
 }
 
+void AttentionImpl::PackWeights() {
+  // The value rows alone (ProjectValue) and the first token's query and keys run only in the
+  // vision tower's last block, on the plain rows: packing them too would add a copy of a third
+  // of the projection in every block.
+  in_proj_packed = PackAndRelease(in_proj_weight);
+  out_proj_packed = PackAndRelease(out_proj->weight);
+}
+
 at::Tensor AttentionImpl::OutProject(const at::Tensor& merged, const at::Tensor& residual) const {
-  return Product(merged, out_proj->weight, out_proj->bias, out_proj_int8, {Activation::kNone, residual});
+  return Product(merged, out_proj->weight, out_proj->bias, out_proj_int8, out_proj_packed,
+                 {Activation::kNone, residual});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> AttentionImpl::Project(const at::Tensor& y) const {
-  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8).chunk(3, -1);
+  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8, in_proj_packed).chunk(3, -1);
   return {SplitHeads(qkv[0], heads, head_dim), SplitHeads(qkv[1], heads, head_dim),
           SplitHeads(qkv[2], heads, head_dim)};
 }
 
 at::Tensor AttentionImpl::ProjectValue(const at::Tensor& y) const {
-  auto v = Product(y, in_proj_weight.narrow(0, 2 * width, width), in_proj_bias.narrow(0, 2 * width, width), value_int8);
+  auto v = Product(y, in_proj_weight.narrow(0, 2 * width, width), in_proj_bias.narrow(0, 2 * width, width), value_int8,
+                   {});
   return SplitHeads(v, heads, head_dim);
 }
 
@@ -112,7 +131,7 @@ at::Tensor AttentionImpl::AttendTree(const at::Tensor& y, const at::Tensor& path
   const int64_t prompts = paths.size(0), length = paths.size(1);
   // The projections run once per node; only the small per-head products run per prompt, on its
   // path's rows gathered from the nodes.
-  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8);  // [N,3C]
+  auto qkv = Product(y, in_proj_weight, in_proj_bias, in_proj_int8, in_proj_packed);  // [N,3C]
   auto rows = qkv.index_select(0, paths.flatten()).view({prompts, length, 3 * width}).chunk(3, -1);
   auto merged = MergedHeads({{SplitHeads(rows[0], heads, head_dim), SplitHeads(rows[1], heads, head_dim),
                               SplitHeads(rows[2], heads, head_dim)}},
@@ -190,10 +209,15 @@ void MlpImpl::PackInt8() {
   c_proj_int8 = Int8Linear::Pack(c_proj->weight, c_proj->bias);
 }
 
+void MlpImpl::PackWeights() {
+  c_fc_packed = PackAndRelease(c_fc->weight);
+  c_proj_packed = PackAndRelease(c_proj->weight);
+}
+
 at::Tensor MlpImpl::forward(const at::Tensor& x, const at::Tensor& residual) {
   const Activation activation = quick_gelu ? Activation::kQuickGelu : Activation::kGelu;
-  auto h = Product(x, c_fc->weight, c_fc->bias, c_fc_int8, {activation, {}});
-  return Product(h, c_proj->weight, c_proj->bias, c_proj_int8, {Activation::kNone, residual});
+  auto h = Product(x, c_fc->weight, c_fc->bias, c_fc_int8, c_fc_packed, {activation, {}});
+  return Product(h, c_proj->weight, c_proj->bias, c_proj_int8, c_proj_packed, {Activation::kNone, residual});
 }
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t heads, int64_t mlp_hidden,
@@ -205,7 +229,16 @@ ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(int64_t width, int64_t he
   mlp = register_module("mlp", Mlp(width, mlp_hidden, quick_gelu, init));
 }
 
+void ResidualAttentionBlockImpl::PackWeightsIfAsked() {
+  if (!pack_weights_on_first_use) return;
+  std::call_once(weights_packed, [this] {
+    attn->PackWeights();
+    mlp->PackWeights();
+  });
+}
+
 at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
+  PackWeightsIfAsked();
   auto [q, k, v] = attn->Project(ln_1->forward(x));
   auto h = attn->Attend(q, k, v, mask, x);
   return mlp->forward(ln_2->forward(h), h);
@@ -213,6 +246,7 @@ at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Te
 
 at::Tensor ResidualAttentionBlockImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths,
                                                    const at::Tensor& owners, const at::Tensor& mask) {
+  PackWeightsIfAsked();
   auto h = attn->AttendTree(ln_1->forward(x), paths, owners, mask, x);
   return mlp->forward(ln_2->forward(h), h);
 }
@@ -237,6 +271,10 @@ void TransformerImpl::PackInt8() {
     block->attn->PackInt8();
     block->mlp->PackInt8();
   }
+}
+
+void TransformerImpl::PackWeightsOnFirstUse() {
+  for (auto& block : blocks) block->pack_weights_on_first_use = true;
 }
 
 at::Tensor TransformerImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,

@@ -7,8 +7,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <string>
 
 #include "test_util.h"
 
@@ -79,6 +81,45 @@ TEST(StateDictTest, SafetensorsRoundTripsEveryDtype) {
   }
   StateDict unsupported{{"u8", at::zeros({2}, at::kByte)}};
   EXPECT_EQ(WriteSafetensors(path + ".bad", unsupported).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Resident kilobytes of this process's mapping that holds `address`, from /proc/self/smaps.
+int64_t ResidentKiBOfMappingAt(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto target = reinterpret_cast<uintptr_t>(address);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx", &begin, &end) == 2) {  // a mapping's first line
+      inside = begin <= target && target < end;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      return std::stoll(line.substr(4));
+    }
+  }
+  return -1;
+}
+
+// A mapped tensor's pages leave the resident set and read back from the file; a tensor elsewhere
+// (the heap) keeps its values: the call does nothing there.
+TEST(StateDictTest, ReleasedMappedPagesReadBackFromTheFile) {
+  ::anoclip::testing::ScopedTempDir dir;
+  const std::string path = (dir.path() / "weights.safetensors").string();
+  const auto weight = at::randn({1024, 1024});  // 4 MiB: whole pages inside
+  ASSERT_TRUE(WriteSafetensors(path, {{"weight", weight}}).ok());
+  auto loaded = ReadSafetensors(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const at::Tensor& mapped = loaded->at("weight");
+  ASSERT_TRUE(at::equal(mapped, weight));  // reads every page
+  const int64_t before = ResidentKiBOfMappingAt(mapped.data_ptr());
+  ASSERT_GE(before, 4000);
+  ReleaseMappedPages(mapped);
+  EXPECT_LE(ResidentKiBOfMappingAt(mapped.data_ptr()), before - 4000);
+  EXPECT_TRUE(at::equal(mapped, weight));
+
+  const auto heap = weight.clone();
+  ReleaseMappedPages(heap);
+  EXPECT_TRUE(at::equal(heap, weight));
 }
 
 TEST(StateDictTest, GoldenFileLoads) {

@@ -370,6 +370,40 @@ TEST(AttentionBfloat16Test, FollowsFloat32) {
   EXPECT_LT((half.to(torch::kFloat32) - expected).abs().max().item<float>(), 0.05f * expected.abs().max().item<float>());
 }
 
+// A weight packed into oneDNN's blocks gives the plain weight's product, epilogues included, at
+// every row count (the inner product's too, which a packed weight leaves for the matmul).
+TEST(LinearTest, PackedWeightGivesThePlainProductAtEveryRowCount) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  torch::manual_seed(10);
+  torch::NoGradGuard no_grad;
+  const auto weight = torch::randn({128, 64}) * 0.2, bias = torch::randn({128});
+  {
+    GemmLibraryScope blas(GemmLibrary::kBlas);
+    EXPECT_FALSE(PackWeight(weight).packed());  // only oneDNN reads blocks
+  }
+  GemmLibraryScope scope(GemmLibrary::kOneDnn);
+  const PackedWeight packed = PackWeight(weight);
+  if (!packed.packed()) GTEST_SKIP() << "oneDNN's matmul reads this weight plain on this CPU";
+  for (const int64_t rows : {int64_t{1}, int64_t{9}, onednn::kInnerProductMinRows + 3}) {
+    const auto x = torch::randn({rows, 64}), residual = torch::randn({rows, 128});
+    const auto product = at::linear(x, weight, bias);
+    EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, {}, packed), product, 1e-5, 1e-5)) << rows << " rows";
+    EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, {Activation::kGelu, {}}, packed), torch::gelu(product), 1e-5,
+                                1e-5))
+        << rows << " rows";
+    EXPECT_TRUE(torch::allclose(Linear(x, weight, bias, {Activation::kNone, residual}, packed), product + residual,
+                                1e-5, 1e-5))
+        << rows << " rows";
+  }
+  // bfloat16 packs too; a packed weight of another shape is refused.
+  const auto half = PackWeight(weight.to(torch::kBFloat16));
+  const auto x = torch::randn({9, 64});
+  const auto half_product = Linear(x.to(torch::kBFloat16), weight.to(torch::kBFloat16), bias.to(torch::kBFloat16),
+                                   {Activation::kNone, {}, torch::kFloat}, half);
+  EXPECT_LT((half_product - at::linear(x, weight, bias)).abs().max().item<float>(), 5e-2);
+  EXPECT_THROW(Linear(x, weight.narrow(0, 0, 64), bias.narrow(0, 0, 64), {}, packed), c10::Error);
+}
+
 TEST(LinearTest, ParsesLibraryNames) {
   EXPECT_EQ(ParseGemmLibrary("blas").value(), GemmLibrary::kBlas);
   EXPECT_EQ(ParseGemmLibrary("mkl").status().code(), absl::StatusCode::kInvalidArgument);
@@ -395,6 +429,30 @@ TEST_F(ClipModelTest, BothTowersAgreeThroughBlasAndOneDnn) {
   ExpectWithinReferenceTolerance(vision[0].local_aware_patches, vision[1].local_aware_patches, "local-aware patches");
   ExpectWithinReferenceTolerance(vision[0].plain_patches, vision[1].plain_patches, "plain patches");
   ExpectWithinReferenceTolerance(text[0], text[1], "text features");
+}
+
+// The vision tower with its weights packed on first use (the server's float32 oneDNN path) gives
+// the plain tower's outputs; the weights it packed read back the same from the file afterwards.
+TEST_F(ClipModelTest, PackedVisionTowerGivesThePlainTowersOutputs) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  GemmLibraryScope scope(GemmLibrary::kOneDnn);
+  torch::manual_seed(11);
+  ClipModel plain(config_), packed(config_);
+  ASSERT_TRUE(LoadClipWeights(plain, weights_).ok());
+  ASSERT_TRUE(LoadClipWeights(packed, weights_).ok());
+  const auto c_fc = packed->visual->transformer->blocks[0]->mlp->c_fc->weight.clone();
+  packed->visual->transformer->PackWeightsOnFirstUse();
+  torch::NoGradGuard no_grad;
+  const auto images = torch::randn({2, 3, 80, 80});
+  const VisionOutput want = plain->EncodeImage(images, {true, true});
+  for (int run = 0; run < 2; ++run) {  // the first run packs
+    const VisionOutput got = packed->EncodeImage(images, {true, true});
+    ExpectWithinReferenceTolerance(want.image_embedding, got.image_embedding, "image embedding");
+    ExpectWithinReferenceTolerance(want.local_aware_patches, got.local_aware_patches, "local-aware patches");
+    ExpectWithinReferenceTolerance(want.plain_patches, got.plain_patches, "plain patches");
+  }
+  EXPECT_TRUE(packed->visual->transformer->blocks[0]->mlp->c_fc_packed.packed());
+  EXPECT_TRUE(at::equal(packed->visual->transformer->blocks[0]->mlp->c_fc->weight, c_fc));
 }
 
 }  // namespace
