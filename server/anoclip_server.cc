@@ -15,11 +15,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "anomaly/text_bank.h"
 #include "inspection/calibration.h"
 #include "common/files.h"
 #include "common/status_macros.h"
 #include "server/anomaly_service.h"
+#include "server/log.h"
 #include "server/metrics.h"
 #include "server/openmp_threads.h"
 #include "server/reflection_v1.h"
@@ -233,6 +235,14 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
                              }));
   }
   state->SetHealth(true);
+  // The vision tower's packing, deferred by the engine, on the text builds' thread: a request that
+  // comes meanwhile waits only for the blocks still being packed.
+  state->text_builds->Post([detector] {
+    const absl::Time start = absl::Now();
+    if (detector->PackDeferredVisionWeights()) {
+      LogLine("info", "vision weights packed", {{"seconds", absl::ToDoubleSeconds(absl::Now() - start)}});
+    }
+  });
   auto server = std::unique_ptr<AnoclipServer>(new AnoclipServer(std::move(state)));
   if (!config.ready_file.empty()) {
     const std::string temp = config.ready_file + ".tmp";

@@ -201,6 +201,11 @@ const std::string& Detector::model_id() const { return engine_->model_id; }
 const std::string& Detector::device_name() const { return engine_->device_name; }
 const char* Detector::gemm_library() const { return model::GemmLibraryName(engine_->gemm_library); }
 
+bool Detector::PackDeferredVisionWeights() const {
+  torch::NoGradGuard no_grad;
+  return engine_->model->visual->transformer->PackDeferredWeights();
+}
+
 absl::StatusOr<std::unique_ptr<Detector>> Detector::Create(const DetectorOptions& options) {
   ANOCLIP_ASSIGN_OR_RETURN(auto engine, LoadEngine(options));
   return FromEngine(std::move(engine));

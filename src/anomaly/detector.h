@@ -88,6 +88,13 @@ class Detector {
   // The library running the CPU float32 products: "blas" or "onednn" (DetectorOptions::gemm).
   const char* gemm_library() const;
 
+  // Packs the vision tower's weights for oneDNN where the engine deferred that to their first use
+  // (float32 on oneDNN, model::TransformerImpl::PackWeightsOnFirstUse): 0.5-1.3 s on a 2-core
+  // virtual machine, which the server spends once it is SERVING rather than in its first
+  // request. Safe beside Detect: a forward that reaches a block being packed waits for it. False
+  // where nothing was deferred.
+  bool PackDeferredVisionWeights() const;
+
   // Encodes the spec's prompts `chunk_rows` at a time (bounding memory), running `check`
   // between chunks: its error (cancelled, deadline passed) stops the build and is returned.
   struct TextBuildControl {

@@ -277,6 +277,15 @@ void TransformerImpl::PackWeightsOnFirstUse() {
   for (auto& block : blocks) block->pack_weights_on_first_use = true;
 }
 
+bool TransformerImpl::PackDeferredWeights() {
+  bool deferred = false;
+  for (auto& block : blocks) {
+    deferred = deferred || block->pack_weights_on_first_use;
+    block->PackWeightsIfAsked();
+  }
+  return deferred;
+}
+
 at::Tensor TransformerImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths, const at::Tensor& owners,
                                         const at::Tensor& mask) {
   auto h = x;

@@ -121,6 +121,9 @@ struct TransformerImpl : torch::nn::Module {
   // (io::ReleaseMappedPages): the products read the blocks, so the process holds one copy of the
   // weights, not two.
   void PackWeightsOnFirstUse();
+  // Packs now what PackWeightsOnFirstUse deferred, so that no request's first run waits for it;
+  // false where nothing was deferred.
+  bool PackDeferredWeights();
   torch::nn::ModuleList resblocks;
   std::vector<ResidualAttentionBlock> blocks;
 };

@@ -453,6 +453,20 @@ TEST_F(ClipModelTest, PackedVisionTowerGivesThePlainTowersOutputs) {
   }
   EXPECT_TRUE(packed->visual->transformer->blocks[0]->mlp->c_fc_packed.packed());
   EXPECT_TRUE(at::equal(packed->visual->transformer->blocks[0]->mlp->c_fc->weight, c_fc));
+
+  // Packed ahead of the first run where asked (the server, once SERVING); nothing where not.
+  EXPECT_FALSE(plain->visual->transformer->PackDeferredWeights());
+  EXPECT_FALSE(plain->visual->transformer->blocks[0]->attn->in_proj_packed.packed());
+  ClipModel ahead(config_);
+  ASSERT_TRUE(LoadClipWeights(ahead, weights_).ok());
+  ahead->visual->transformer->PackWeightsOnFirstUse();
+  EXPECT_TRUE(ahead->visual->transformer->PackDeferredWeights());
+  for (const auto& block : ahead->visual->transformer->blocks) {
+    EXPECT_TRUE(block->attn->in_proj_packed.packed() && block->attn->out_proj_packed.packed() &&
+                block->mlp->c_fc_packed.packed() && block->mlp->c_proj_packed.packed());
+  }
+  ExpectWithinReferenceTolerance(want.local_aware_patches, ahead->EncodeImage(images, {true, true}).local_aware_patches,
+                                 "local-aware patches packed ahead");
 }
 
 }  // namespace
