@@ -16,11 +16,12 @@
 
 namespace anoclip::model::onednn {
 
-// From this many rows on, a product whose operands are dense runs as oneDNN's inner product,
-// whose gemm:jit kernel outruns the matmul primitive's brgemm there (on a 2-core AVX-512 EPYC,
-// 1808 rows, float32: 360 against 336 GFLOP/s with GELU fused, 380 against 347 without; bfloat16:
-// 633 against 557, 757 against 652); below it the brgemm is as fast or faster (226 rows: 333-368
-// against 255-328 in float32, 616 against 546 in bfloat16). docs/performance.md.
+// From this many rows on, a product whose operands are dense and whose weight is not packed runs
+// as oneDNN's inner product, whose gemm:jit kernel outruns the matmul primitive's brgemm on a
+// plain weight there (on a 2-core AVX-512 EPYC, 1808 rows, float32: 360 against 336 GFLOP/s with
+// GELU fused, 380 against 347 without; bfloat16: 633 against 557, 757 against 652); below it the
+// brgemm is as fast or faster (226 rows: 333-368 against 255-328 in float32, 616 against 546 in
+// bfloat16). docs/performance.md.
 inline constexpr int64_t kInnerProductMinRows = 1536;
 
 // x [..., in] · weightᵀ ([out,in], any strides) + bias, then `epilogue`; float32 or bfloat16 CPU

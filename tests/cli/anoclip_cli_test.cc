@@ -37,13 +37,21 @@ struct Result {
 
 // A directory of this test process (other build trees may run this test at the same time).
 std::string Scratch() {
-  static const std::string dir = [] {
+  // Removed when the test program exits.
+  struct Directory {
+    std::string path;
+    ~Directory() {
+      std::error_code error;
+      std::filesystem::remove_all(path, error);
+    }
+  };
+  static const Directory dir{[] {
     std::string path = ::testing::TempDir() + "/anoclip_cli_test_" + std::to_string(getpid());
     std::filesystem::remove_all(path);
     std::filesystem::create_directories(path);
     return path;
-  }();
-  return dir;
+  }()};
+  return dir.path;
 }
 
 std::string TempDir(const std::string& name) {

@@ -34,13 +34,21 @@ struct Result {
 };
 
 std::string Scratch() {
-  static const std::string dir = [] {
+  // Removed when the test program exits.
+  struct Directory {
+    std::string path;
+    ~Directory() {
+      std::error_code error;
+      fs::remove_all(path, error);
+    }
+  };
+  static const Directory dir{[] {
     std::string path = ::testing::TempDir() + "/anoclip_eval_cli_test_" + std::to_string(getpid());
     fs::remove_all(path);
     fs::create_directories(path);
     return path;
-  }();
-  return dir;
+  }()};
+  return dir.path;
 }
 
 Result Shell(const std::string& command) {

@@ -5,7 +5,7 @@
 // files to a scratch folder); probe ports, the probed service name and the drain timing agree.
 //   node live_check.mjs BIN_DIR REFERENCE_DIR PROTO ADAPTER_RULES RENDERED.yaml...
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments, parse } from 'yaml';
@@ -123,6 +123,7 @@ for (const monitor of ofKind('ServiceMonitor')) {
 // --- a live server with the first Deployment's arguments -----------------------------------
 const run = (args, options = {}) => spawnSync(join(binDir, 'anoclip-client'), args, { encoding: 'utf8', timeout: 60000, ...options });
 const scratch = mkdtempSync(join(tmpdir(), 'anoclip-live-check-'));
+process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
 const deployment = ofKind('Deployment')[0];
 const container = deployment.spec.template.spec.containers[0];
 const configName = deployment.spec.template.spec.volumes.find((v) => v.name === 'config').configMap.name;
