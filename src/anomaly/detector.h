@@ -89,8 +89,8 @@ class Detector {
   const char* gemm_library() const;
 
   // Packs the vision tower's weights for oneDNN where the engine deferred that to their first use
-  // (float32 on oneDNN, model::TransformerImpl::PackWeightsOnFirstUse): 0.5-1.3 s on a 2-core
-  // virtual machine, which the server spends once it is SERVING rather than in its first
+  // (float32 on oneDNN, model::TransformerImpl::PackWeightsOnFirstUse): 1.3-1.6 s in the server
+  // on a 2-core virtual machine, which it spends once it is SERVING rather than in its first
   // request. Safe beside Detect: a forward that reaches a block being packed waits for it. False
   // where nothing was deferred.
   bool PackDeferredVisionWeights() const;

@@ -198,24 +198,47 @@ absl::StatusOr<StateDict> ReadSafetensors(const std::string& path, std::map<std:
   return tensors;
 }
 
-void ReleaseMappedPages(const at::Tensor& tensor) {
-  if (!tensor.defined() || !tensor.device().is_cpu() || tensor.numel() == 0) return;
+namespace {
+
+// The bytes [first, end) a CPU tensor spans, from its first element to one past its last over its
+// strides; {0, 0} for an empty or undefined tensor.
+std::pair<uintptr_t, uintptr_t> Extent(const at::Tensor& tensor) {
+  if (!tensor.defined() || !tensor.device().is_cpu() || tensor.numel() == 0) return {0, 0};
   const uintptr_t first = reinterpret_cast<uintptr_t>(tensor.data_ptr());
-  // The tensor's extent: from its first element to one past its last, over its strides.
   uintptr_t end = first + tensor.element_size();
   for (int64_t d = 0; d < tensor.dim(); ++d) {
-    if (tensor.stride(d) < 0) return;
+    if (tensor.stride(d) < 0) return {0, 0};
     end += static_cast<uintptr_t>((tensor.size(d) - 1) * tensor.stride(d)) * tensor.element_size();
   }
+  return {first, end};
+}
+
+// Whether [first, end) lies in one live mapping; the caller holds the ranges' mutex.
+bool InOneMapping(const MappedRanges& ranges, uintptr_t first, uintptr_t end) {
+  if (end == 0) return false;
+  auto it = ranges.ends.upper_bound(first);
+  if (it == ranges.ends.begin()) return false;
+  --it;
+  return end <= it->second;
+}
+
+}  // namespace
+
+bool InMappedFile(const at::Tensor& tensor) {
+  const auto [first, end] = Extent(tensor);
+  MappedRanges& ranges = TheMappedRanges();
+  std::lock_guard<std::mutex> lock(ranges.mutex);
+  return InOneMapping(ranges, first, end);
+}
+
+void ReleaseMappedPages(const at::Tensor& tensor) {
+  const auto [first, end] = Extent(tensor);
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   // Whole pages only: a page at either end may hold a neighbour's bytes too.
   const uintptr_t begin_page = (first + page - 1) / page * page, end_page = end / page * page;
   MappedRanges& ranges = TheMappedRanges();
   std::lock_guard<std::mutex> lock(ranges.mutex);  // the mapping stays while the advice runs
-  auto it = ranges.ends.upper_bound(first);
-  if (it == ranges.ends.begin()) return;
-  --it;
-  if (end > it->second || end_page <= begin_page) return;
+  if (!InOneMapping(ranges, first, end) || end_page <= begin_page) return;
   madvise(reinterpret_cast<void*>(begin_page), end_page - begin_page, MADV_DONTNEED);
 }
 

@@ -29,6 +29,8 @@ absl::StatusOr<StateDict> ReadSafetensors(const std::string& path,
 // the tensor must not have been written since it was read, or the write is lost. Elsewhere (a
 // copied tensor, the heap) it does nothing.
 void ReleaseMappedPages(const at::Tensor& tensor);
+// Whether `tensor` lies in a file mapped by ReadSafetensors (which ReleaseMappedPages can drop).
+bool InMappedFile(const at::Tensor& tensor);
 
 // Writes contiguous CPU copies of the tensors, keys sorted, with optional string metadata.
 absl::Status WriteSafetensors(const std::string& path, const StateDict& tensors,

@@ -35,8 +35,11 @@ at::Tensor Product(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   return Linear(x, weight, bias, epilogue, packed);
 }
 
-// `weight` packed, and its pages of a mapped weight file released (TransformerImpl::PackWeights).
+// `weight` packed, and its pages of the mapped weight file released
+// (TransformerImpl::PackWeightsOnFirstUse). A weight on the heap (read from a torch checkpoint)
+// stays plain: its copy cannot be dropped, and packing would hold two.
 PackedWeight PackAndRelease(const at::Tensor& weight) {
+  if (!io::InMappedFile(weight)) return {};
   PackedWeight packed = PackWeight(weight);
   if (packed.packed()) io::ReleaseMappedPages(weight);
   return packed;

@@ -116,10 +116,10 @@ struct TransformerImpl : torch::nn::Module {
   void PackInt8();
   // Every block's float32 or bfloat16 weights also in oneDNN's blocked layout (PackWeight), where
   // oneDNN is selected, for inference on the CPU, each block on its first run: packing a
-  // ViT-B-16-plus-240 writes 480 MB of new memory, 0.5-1.3 s on a 2-core virtual machine, which
-  // would delay start-up. Each weight's pages of a mapped weight file are then released
-  // (io::ReleaseMappedPages): the products read the blocks, so the process holds one copy of the
-  // weights, not two.
+  // ViT-B-16-plus-240 writes 440 MB of new memory, 0.9-1.6 s on a 2-core virtual machine, which
+  // would more than double the start-up. Each weight's pages of the mapped weight file are then
+  // released (io::ReleaseMappedPages): the products read the blocks, so the process holds one copy
+  // of the weights, not two. Weights on the heap (read from a torch checkpoint) stay plain.
   void PackWeightsOnFirstUse();
   // Packs now what PackWeightsOnFirstUse deferred, so that no request's first run waits for it;
   // false where nothing was deferred.

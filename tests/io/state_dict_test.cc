@@ -111,6 +111,7 @@ TEST(StateDictTest, ReleasedMappedPagesReadBackFromTheFile) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   const at::Tensor& mapped = loaded->at("weight");
   ASSERT_TRUE(at::equal(mapped, weight));  // reads every page
+  EXPECT_TRUE(InMappedFile(mapped));
   const int64_t before = ResidentKiBOfMappingAt(mapped.data_ptr());
   ASSERT_GE(before, 4000);
   ReleaseMappedPages(mapped);
@@ -118,6 +119,7 @@ TEST(StateDictTest, ReleasedMappedPagesReadBackFromTheFile) {
   EXPECT_TRUE(at::equal(mapped, weight));
 
   const auto heap = weight.clone();
+  EXPECT_FALSE(InMappedFile(heap));
   ReleaseMappedPages(heap);
   EXPECT_TRUE(at::equal(heap, weight));
 }

@@ -467,6 +467,13 @@ TEST_F(ClipModelTest, PackedVisionTowerGivesThePlainTowersOutputs) {
   }
   ExpectWithinReferenceTolerance(want.local_aware_patches, ahead->EncodeImage(images, {true, true}).local_aware_patches,
                                  "local-aware patches packed ahead");
+
+  // Weights on the heap (here the random initialisation; a torch checkpoint's alike) stay plain:
+  // packing would hold a second copy.
+  ClipModel heap(config_);
+  heap->visual->transformer->PackWeightsOnFirstUse();
+  EXPECT_TRUE(heap->visual->transformer->PackDeferredWeights());
+  EXPECT_FALSE(heap->visual->transformer->blocks[0]->mlp->c_fc_packed.packed());
 }
 
 }  // namespace
