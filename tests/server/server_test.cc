@@ -47,6 +47,28 @@ TEST_F(ServerTest, UnaryDetectAnswersScoresHeatmapAndRegions) {
   EXPECT_EQ(response.heatmap().data().size(), 80u * 80u * 4u);
 }
 
+// With oneDNN, the server packs the vision weights on its own thread once SERVING: requests sent
+// at once, whose forwards meet the packing, score as the reference and as a request sent after it.
+TEST_F(ServerTest, RequestsMeetingTheWeightPackingScoreAsAfterIt) {
+  auto config = TinyConfig();
+  config.gemm = "onednn";
+  config.warm = {{"bottle", ""}};
+  StartServer(config);
+  std::vector<DetectResponse> early(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] { EXPECT_TRUE(Detect(Request(0, "bottle"), &early[i]).ok()); });
+  }
+  for (auto& thread : threads) thread.join();
+  DetectResponse late;
+  ASSERT_TRUE(Detect(Request(0, "bottle"), &late).ok());
+  EXPECT_NEAR(late.image_score(), 0.4791589677, 1e-5);
+  for (const auto& response : early) {
+    EXPECT_NEAR(response.image_score(), late.image_score(), 1e-5);
+    EXPECT_NEAR(response.max_pixel_score(), late.max_pixel_score(), 1e-5);
+  }
+}
+
 TEST_F(ServerTest, AMixedClassBatchScoresLikeOneByOne) {
   auto config = TinyConfig();
   config.max_batch = 8;
