@@ -37,21 +37,8 @@ struct Result {
 
 // A directory of this test process (other build trees may run this test at the same time).
 std::string Scratch() {
-  // Removed when the test program exits.
-  struct Directory {
-    std::string path;
-    ~Directory() {
-      std::error_code error;
-      std::filesystem::remove_all(path, error);
-    }
-  };
-  static const Directory dir{[] {
-    std::string path = ::testing::TempDir() + "/anoclip_cli_test_" + std::to_string(getpid());
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-    return path;
-  }()};
-  return dir.path;
+  static const ::anoclip::testing::ScopedTempDir dir;  // removed when the test program exits
+  return dir.path().string();
 }
 
 std::string TempDir(const std::string& name) {

@@ -34,21 +34,8 @@ struct Result {
 };
 
 std::string Scratch() {
-  // Removed when the test program exits.
-  struct Directory {
-    std::string path;
-    ~Directory() {
-      std::error_code error;
-      fs::remove_all(path, error);
-    }
-  };
-  static const Directory dir{[] {
-    std::string path = ::testing::TempDir() + "/anoclip_eval_cli_test_" + std::to_string(getpid());
-    fs::remove_all(path);
-    fs::create_directories(path);
-    return path;
-  }()};
-  return dir.path;
+  static const ::anoclip::testing::ScopedTempDir dir;  // removed when the test program exits
+  return dir.path().string();
 }
 
 Result Shell(const std::string& command) {
