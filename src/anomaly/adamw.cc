@@ -3,7 +3,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
+
+#include "anomaly/adapter_loss.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -12,10 +16,11 @@ struct Coefficients {
   float decay, beta1, beta2, keep1, keep2, sqrt_correction2, eps, step_size;
 };
 
-// One slice of the update. Built with -fno-math-errno (CMakeLists.txt): without it the sqrt
-// keeps the loop scalar.
-void UpdateSlice(int64_t n, const Coefficients c, float* __restrict param, const float* __restrict grad,
-                 float* __restrict exp_avg, float* __restrict exp_avg_sq) {
+// One slice of the update; returns the largest magnitude of the updated slice. Built with
+// -fno-math-errno (CMakeLists.txt): without it the sqrt keeps the loop scalar.
+float UpdateSlice(int64_t n, const Coefficients c, float* __restrict param, const float* __restrict grad,
+                  float* __restrict exp_avg, float* __restrict exp_avg_sq) {
+  uint32_t largest = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i];
     const float m = exp_avg[i] * c.beta1 + c.keep1 * g;
@@ -23,7 +28,9 @@ void UpdateSlice(int64_t n, const Coefficients c, float* __restrict param, const
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
     param[i] = param[i] * c.decay - c.step_size * (m / (std::sqrt(v) / c.sqrt_correction2 + c.eps));
+    largest = std::max(largest, MagnitudeBits(param[i]));
   }
+  return FromMagnitudeBits(largest);
 }
 
 }  // namespace
@@ -34,7 +41,7 @@ AdamW::AdamW(at::Tensor parameter, const AdamWSettings& settings)
       exp_avg_sq_(at::zeros_like(parameter_)),
       settings_(settings) {}
 
-void AdamW::Step(const at::Tensor& gradient) {
+float AdamW::Step(const at::Tensor& gradient) {
   ++steps_;
   const AdamWSettings& s = settings_;
   const double correction1 = 1 - std::pow(s.beta1, steps_), correction2 = 1 - std::pow(s.beta2, steps_);
@@ -51,16 +58,23 @@ void AdamW::Step(const at::Tensor& gradient) {
     float* param = parameter_.data_ptr<float>();
     const float* g = grad.data_ptr<float>();
     float *m = exp_avg_.data_ptr<float>(), *v = exp_avg_sq_.data_ptr<float>();
-    at::parallel_for(0, parameter_.numel(), 16384, [&](int64_t begin, int64_t end) {
-      UpdateSlice(end - begin, c, param + begin, g + begin, m + begin, v + begin);
+    constexpr int64_t kSlice = 16384;
+    const int64_t n = parameter_.numel();
+    std::vector<float> slice_largest((n + kSlice - 1) / kSlice, 0.0f);
+    at::parallel_for(0, static_cast<int64_t>(slice_largest.size()), 1, [&](int64_t first, int64_t last) {
+      for (int64_t slice = first; slice < last; ++slice) {
+        const int64_t begin = slice * kSlice;
+        slice_largest[slice] = UpdateSlice(std::min(kSlice, n - begin), c, param + begin, g + begin, m + begin, v + begin);
+      }
     });
-    return;
+    return slice_largest.empty() ? 0.0f : *std::max_element(slice_largest.begin(), slice_largest.end());
   }
   // Elsewhere (a CUDA device), libtorch's ops in torch.optim.AdamW's order.
   parameter_.mul_(1 - s.lr * s.weight_decay);
   exp_avg_.mul_(s.beta1).add_(gradient, 1 - s.beta1);
   exp_avg_sq_.mul_(s.beta2).addcmul_(gradient, gradient, 1 - s.beta2);
   parameter_.addcdiv_(exp_avg_, exp_avg_sq_.sqrt().div_(std::sqrt(correction2)).add_(s.eps), -s.lr / correction1);
+  return LargestMagnitude(parameter_);
 }
 
 }  // namespace anoclip::anomaly

@@ -20,8 +20,9 @@ class AdamW {
   // Updates `parameter` in place; its moments start at zero.
   AdamW(at::Tensor parameter, const AdamWSettings& settings);
 
-  // One update from `gradient` (the parameter's shape).
-  void Step(const at::Tensor& gradient);
+  // One update from `gradient` (the parameter's shape). Returns the largest magnitude of the
+  // updated parameter, the scale of its int8 copy (on the CPU from the update's own pass).
+  float Step(const at::Tensor& gradient);
 
  private:
   at::Tensor parameter_, exp_avg_, exp_avg_sq_;

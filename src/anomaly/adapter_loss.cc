@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace anoclip::anomaly {
 
@@ -64,7 +65,37 @@ void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64
   for (d = 0; d < dim; ++d) out[d] = text0 * normal_text[d] + text1 * abnormal_text[d] - own * y[d];
 }
 
+// The largest of n magnitudes.
+float LargestMagnitude(const float* values, int64_t n) {
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::max(largest, MagnitudeBits(values[i]));
+  return FromMagnitudeBits(largest);
+}
+
+// Runs row_pass(row) -> the largest magnitude it wrote, for rows 0..rows-1 in blocks of
+// kRowsPerBlock spread over libtorch's threads, each block's rows in order on one thread; returns
+// the largest of all.
+constexpr int64_t kRowsPerBlock = 16;
+template <typename RowPass>
+float ForEachRowBlock(int64_t rows, const RowPass& row_pass) {
+  std::vector<float> block_largest((rows + kRowsPerBlock - 1) / kRowsPerBlock, 0.0f);
+  at::parallel_for(0, static_cast<int64_t>(block_largest.size()), 1, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      for (int64_t row = block * kRowsPerBlock; row < std::min(rows, (block + 1) * kRowsPerBlock); ++row) {
+        block_largest[block] = std::max(block_largest[block], row_pass(row));
+      }
+    }
+  });
+  return block_largest.empty() ? 0.0f : *std::max_element(block_largest.begin(), block_largest.end());
+}
+
 }  // namespace
+
+float LargestMagnitude(const at::Tensor& t) {
+  // amax and amin keep to memory speed on any layout; abs().max() was 100x slower on a transposed
+  // view, linalg_vector_norm(t, inf) 20x on any.
+  return t.numel() == 0 ? 0.0f : std::max(at::amax(t).item<float>(), -at::amin(t).item<float>());
+}
 
 AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows) {
   const double inverse_tokens = 1.0 / static_cast<double>(clean_rows);
@@ -88,6 +119,7 @@ AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& 
   // d_unit = d_logits·[t+, t−] and so unit·d_unit = Σ_c d_logits_c·logits_c.
   const auto row_dot = (d_logits * logits).sum(-1, true);
   g.d_doubled = at::addmm(unit * (-row_dot / norms), d_logits / norms, text_features);
+  g.d_doubled_largest = LargestMagnitude(g.d_doubled);
   return g;
 }
 
@@ -104,13 +136,80 @@ AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& tex
   const float* text_data = text.data_ptr<float>();
   float* d_data = g.d_doubled.data_ptr<float>();
   float* loss_data = row_losses.data_ptr<float>();
-  at::parallel_for(0, rows, 16, [&](int64_t first, int64_t last) {
-    for (int64_t row = first; row < last; ++row) {
-      LossGradientRow(y_data, text_data, dim, row, clean_rows, d_data, loss_data + row);
-    }
+  g.d_doubled_largest = ForEachRowBlock(rows, [&](int64_t row) {
+    LossGradientRow(y_data, text_data, dim, row, clean_rows, d_data, loss_data + row);
+    return LargestMagnitude(d_data + row * dim, dim);
   });
   g.loss = row_losses.sum();
   return g;
+}
+
+GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate) {
+  GateGradient g;
+  if (!d_gate.device().is_cpu() || d_gate.scalar_type() != at::kFloat || gate.scalar_type() != at::kFloat) {
+    g.d_preactivation = at::tanh_backward(d_gate, gate);
+    g.d_bias = g.d_preactivation.sum(0);
+    return g;
+  }
+  const auto upstream = d_gate.contiguous(), tanh = gate.contiguous();
+  const int64_t rows = upstream.size(0), columns = upstream.size(1);
+  g.d_preactivation = at::empty_like(upstream);
+  // Each block of rows sums its columns apart, then the blocks are added in order: the same
+  // result on any thread count.
+  auto block_sums = at::zeros({(rows + kRowsPerBlock - 1) / kRowsPerBlock, columns}, upstream.options());
+  const float *d_data = upstream.data_ptr<float>(), *g_data = tanh.data_ptr<float>();
+  float *out = g.d_preactivation.data_ptr<float>(), *sums = block_sums.data_ptr<float>();
+  ForEachRowBlock(rows, [&](int64_t row) {
+    const float *d = d_data + row * columns, *t = g_data + row * columns;
+    float *o = out + row * columns, *sum = sums + row / kRowsPerBlock * columns;
+    for (int64_t c = 0; c < columns; ++c) {
+      o[c] = d[c] * (1 - t[c] * t[c]);
+      sum[c] += o[c];
+    }
+    return 0.0f;  // its magnitude is not needed: the weight gradient's product is not int8
+  });
+  g.d_bias = block_sums.sum(0);
+  return g;
+}
+
+float AddNoiseAndNormalize(const at::Tensor& patches, const at::Tensor& noise, const at::Tensor& noisy,
+                           const at::Tensor& noisy_normalized) {
+  const bool one_pass = patches.device().is_cpu() && noise.device().is_cpu() &&
+                        patches.scalar_type() == at::kFloat && noise.scalar_type() == at::kFloat &&
+                        noisy.scalar_type() == at::kFloat && noisy_normalized.scalar_type() == at::kFloat &&
+                        noisy.is_contiguous() && noisy_normalized.is_contiguous();
+  if (!one_pass) {
+    at::Tensor sum = noisy, unit = noisy_normalized;  // handles on the outputs' storage
+    at::add_out(sum, patches, noise.to(patches.options()));
+    at::div_out(unit, noisy, noisy.norm(2, -1, true).clamp_min(1e-12));
+    return LargestMagnitude(noisy_normalized);
+  }
+  const auto tokens = patches.contiguous(), delta = noise.contiguous();
+  const int64_t rows = tokens.size(0), dim = tokens.size(1);
+  const float *p = tokens.data_ptr<float>(), *n = delta.data_ptr<float>();
+  float *out = noisy.data_ptr<float>(), *unit = noisy_normalized.data_ptr<float>();
+  return ForEachRowBlock(rows, [&](int64_t row) {
+    const float *a = p + row * dim, *b = n + row * dim;
+    float *y = out + row * dim, *u = unit + row * dim;
+    constexpr int kLanes = 8;
+    float length2[kLanes] = {};
+    int64_t d = 0;
+    for (; d + kLanes <= dim; d += kLanes) {
+      for (int lane = 0; lane < kLanes; ++lane) {
+        y[d + lane] = a[d + lane] + b[d + lane];
+        length2[lane] += y[d + lane] * y[d + lane];
+      }
+    }
+    for (; d < dim; ++d) {
+      y[d] = a[d] + b[d];
+      length2[0] += y[d] * y[d];
+    }
+    float sum = 0;
+    for (const float lane : length2) sum += lane;
+    const float length = std::max(std::sqrt(sum), 1e-12f);
+    for (d = 0; d < dim; ++d) u[d] = y[d] / length;
+    return LargestMagnitude(u, dim);
+  });
 }
 
 }  // namespace anoclip::anomaly

@@ -253,12 +253,17 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
         engine->model->visual->transformer->PackWeightsOnFirstUse();
       }
     }
-    // The adapter trains, which int8 cannot; where the CPU multiplies bfloat16 natively, int8's
-    // adapter runs its products in bfloat16 as bf16's does (docs/performance.md).
+    // The adapter's products: int8 under --precision int8 where the CPU has int8 dot products
+    // (through oneDNN, whichever GEMM library the rest uses); else bfloat16 under bf16, and under
+    // int8 where the CPU multiplies bfloat16 natively; else float32 (docs/performance.md).
     const bool native_bf16 = engine->gemm_library == model::GemmLibrary::kOneDnn && model::onednn::HasNativeBfloat16();
-    engine->tta_dtype = engine->vision_dtype == torch::kBFloat16 || (options.precision == "int8" && native_bf16)
-                            ? torch::kBFloat16
-                            : torch::kFloat32;
+    if (options.precision == "int8" && model::onednn::HasNativeInt8()) {
+      engine->tta_dtype = torch::kInt8;
+    } else if (engine->vision_dtype == torch::kBFloat16 || (options.precision == "int8" && native_bf16)) {
+      engine->tta_dtype = torch::kBFloat16;
+    } else {
+      engine->tta_dtype = torch::kFloat32;
+    }
   } catch (const c10::Error& error) {
     return absl::InternalError(absl::StrCat("loading the model failed: ", error.what_without_backtrace()));
   }

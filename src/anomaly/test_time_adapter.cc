@@ -7,12 +7,14 @@
 #include <cmath>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "anomaly/adamw.h"
 #include "anomaly/adapter_loss.h"
 #include "model/linear.h"
+#include "model/onednn_ops.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -28,31 +30,47 @@ uint64_t SplitMix64(uint64_t x) {
 // Each row's length as F::normalize divides by it (clamped at 1e-12), [R,1].
 at::Tensor RowNorms(const at::Tensor& x) { return x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12); }
 
-// x [R,in] · weightᵀ ([out,in]) + bias, then `epilogue`, in `compute` (float32 or bfloat16) and
-// written in float32: through the process's GEMM library (model/linear.h). Operands already in
-// `compute` are used as they are.
-at::Tensor Product(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, model::Epilogue epilogue,
-                   at::ScalarType compute) {
-  const auto in_compute = [compute](const at::Tensor& t) { return model::ConvertForProduct(t, compute); };
-  epilogue.output_dtype = at::kFloat;
-  return model::Linear(in_compute(x), in_compute(weight), bias.defined() ? in_compute(bias) : bias, epilogue);
+// A product's operand in the products' dtype: a float32 or bfloat16 tensor, or an int8 matrix
+// with its scale (model::onednn::QuantizeInt8).
+struct Operand {
+  at::Tensor values;
+  float int8_scale = 0;  // 0 unless int8
+  Operand t() const { return {values.t(), int8_scale}; }  // the transpose, a view
+};
+
+// x in `compute`; `largest` is max |x| where the pass that wrote x has it (int8 needs it).
+Operand ForProduct(const at::Tensor& x, at::ScalarType compute, std::optional<float> largest = std::nullopt) {
+  if (compute != at::kChar) return {model::ConvertForProduct(x, compute)};
+  auto q = model::onednn::QuantizeInt8(x, largest);
+  return {std::move(q.values), q.scale};
 }
 
-// The rows of 2·Φ(X) = X + tanh(norm(X)·Wᵀ + b)·T (§7) for an image's [R,D] block X, with W and T
-// in the products' dtype, and the gate tanh(...) [R,2N] kept for the backward pass. 2·Φ(X) is
-// used in place of Φ(X): the probabilities only see it normalised.
+// x [R,in] · weightᵀ ([out,in]) + bias (float32), then `epilogue`, written in float32: int8
+// through oneDNN, float32 and bfloat16 through the process's GEMM library (model/linear.h).
+at::Tensor Product(const Operand& x, const Operand& weight, const at::Tensor& bias, model::Epilogue epilogue) {
+  if (x.values.scalar_type() == at::kChar) {
+    return model::onednn::LinearInt8({x.values, x.int8_scale}, {weight.values, weight.int8_scale}, bias, epilogue);
+  }
+  epilogue.output_dtype = at::kFloat;
+  return model::Linear(x.values, weight.values, bias.defined() ? model::ConvertForProduct(bias, x.values.scalar_type()) : bias,
+                       epilogue);
+}
+
+// The rows of 2·Φ(X) = X + tanh(norm(X)·Wᵀ + b)·T (§7) for an image's [R,D] block X, with norm(X),
+// W and T already in the products' dtype, and the gate tanh(...) [R,2N] kept for the backward
+// pass. 2·Φ(X) is used in place of Φ(X): the probabilities only see it normalised.
 struct Forward {
   at::Tensor gate;     // [R,2N] float32
   at::Tensor doubled;  // [R,D] float32
 };
 
-Forward AdapterForward(const at::Tensor& x, const at::Tensor& normalized, const at::Tensor& weight,
-                       const at::Tensor& bias, const at::Tensor& prompts, at::ScalarType compute) {
+Forward AdapterForward(const at::Tensor& x, const Operand& normalized, const Operand& weight, const at::Tensor& bias,
+                       const Operand& prompts, at::ScalarType compute) {
   Forward f;
-  f.gate = Product(normalized, weight, bias, {model::Activation::kTanh, {}}, compute);
+  f.gate = Product(normalized, weight, bias, {model::Activation::kTanh, {}});
   // gate·T as a linear layer whose weight is Tᵀ [D,2N], read in place through its strides, with X
   // added as it is written.
-  f.doubled = Product(f.gate, prompts.t(), {}, {model::Activation::kNone, x}, compute);
+  f.doubled = Product(ForProduct(f.gate, compute), prompts.t(), {}, {model::Activation::kNone, x});
   return f;
 }
 
@@ -144,8 +162,9 @@ absl::StatusOr<TestTimeAdapter> TestTimeAdapter::Create(const TtaOptions& option
   if (!(options.lr > 0 && options.lr <= kMaxTtaLr)) {
     return absl::InvalidArgumentError(absl::StrCat("tta lr must be in (0, ", kMaxTtaLr, "]; was ", options.lr));
   }
-  if (options.compute_dtype != at::kFloat && options.compute_dtype != at::kBFloat16) {
-    return absl::InvalidArgumentError("tta compute dtype must be float32 or bfloat16");
+  if (options.compute_dtype != at::kFloat && options.compute_dtype != at::kBFloat16 &&
+      options.compute_dtype != at::kChar) {
+    return absl::InvalidArgumentError("tta compute dtype must be float32, bfloat16 or int8");
   }
   if (!(options.sigma >= 0 && options.sigma <= kMaxTtaSigma)) {
     return absl::InvalidArgumentError(absl::StrCat("tta sigma must be in [0, ", kMaxTtaSigma, "]; was ", options.sigma));
@@ -197,11 +216,19 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     weight = at::empty({rows, dim}).uniform_(-bound, bound, generator).to(options);
     bias = at::empty({rows}).uniform_(-bound, bound, generator).to(options);
   }
+  const auto compute = options_.compute_dtype;
+  TORCH_CHECK(compute != at::kChar || patches.device().is_cpu(), "int8 adaptation runs on the CPU");
+  // The weight's gradient, norm(X)ᵀ-weighted sums of ∂/∂A, stays out of int8: norm(X) rounded to
+  // int8 biases every step's gradient the same way, and AdamW, which moves each element by about
+  // lr whatever its gradient's size, turns that into a different adaptation (docs/performance.md).
+  const auto weight_gradient_compute =
+      compute != at::kChar ? compute : model::onednn::HasNativeBfloat16() ? at::kBFloat16 : at::kFloat;
   // The prompts in the products' dtype once, not at every product.
-  const auto prompts_compute = model::ConvertForProduct(prompts, options_.compute_dtype);
+  const Operand prompts_compute = ForProduct(prompts, compute);
   AdamWSettings settings;
   settings.lr = options_.lr;
   AdamW weight_optimizer(weight, settings), bias_optimizer(bias, settings);
+  float weight_largest = LargestMagnitude(weight);  // then each update's own
 
   // Clean and noisy tokens go through the adapter as one [2M,D] block (half the product calls):
   // the clean half and its normalised rows are written once, the noisy half at every step.
@@ -210,29 +237,31 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   auto clean_normalized = normalized.narrow(0, 0, tokens);
   x.narrow(0, 0, tokens).copy_(patches);
   at::div_out(clean_normalized, patches, RowNorms(patches));
-  const auto compute = options_.compute_dtype;
+  const float clean_largest = LargestMagnitude(clean_normalized);
   for (int step = 0; step < options_.steps; ++step) {
     const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
                                       : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
-    at::add_out(noisy, patches, delta.to(options));
-    at::div_out(noisy_normalized, noisy, RowNorms(noisy));
+    const float noisy_largest = AddNoiseAndNormalize(patches, delta, noisy, noisy_normalized);
     // norm(X) in the products' dtype once for the forward and the backward products.
-    const auto normalized_compute = model::ConvertForProduct(normalized, compute);
-    const Forward f = AdapterForward(x, normalized_compute, weight, bias, prompts_compute, compute);
+    const Operand normalized_compute = ForProduct(normalized, compute, std::max(clean_largest, noisy_largest));
+    const Forward f =
+        AdapterForward(x, normalized_compute, ForProduct(weight, compute, weight_largest), bias, prompts_compute, compute);
     const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens);
     losses.push_back(g.loss.item<float>());
 
     // Back through the adapter to W and b.
-    const auto d_gate = Product(g.d_doubled, prompts_compute, {}, {}, compute);
-    const auto d_preactivation = at::tanh_backward(d_gate, f.gate);
+    const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
+    const GateGradient back = BackThroughGate(d_gate, f.gate);
     // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
-    const auto d_weight = Product(d_preactivation.t(), normalized_compute.t(), {}, {}, compute);
-    const auto d_bias = d_preactivation.sum(0);
-    weight_optimizer.Step(d_weight);
-    bias_optimizer.Step(d_bias);
+    const auto d_weight = weight_gradient_compute == compute
+                              ? Product(ForProduct(back.d_preactivation, compute).t(), normalized_compute.t(), {}, {})
+                              : Product(ForProduct(back.d_preactivation, weight_gradient_compute).t(),
+                                        ForProduct(normalized, weight_gradient_compute).t(), {}, {});
+    weight_largest = weight_optimizer.Step(d_weight);
+    bias_optimizer.Step(back.d_bias);
   }
-  const auto clean = AdapterForward(patches, model::ConvertForProduct(clean_normalized, compute), weight, bias,
-                                    prompts_compute, compute);
+  const auto clean = AdapterForward(patches, ForProduct(clean_normalized, compute, clean_largest),
+                                    ForProduct(weight, compute, weight_largest), bias, prompts_compute, compute);
   return Probabilities(clean.doubled, text_features).select(1, 1);
 }
 

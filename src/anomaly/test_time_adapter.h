@@ -37,7 +37,8 @@ struct TtaOptions {
   double sigma = 0.05;  // std of the Gaussian noise δ added to the patch tokens
   TtaInit init = TtaInit::kText;
   uint64_t seed = 0;
-  // The dtype of the adapter's products (float32 or bfloat16); the weights, the loss, the gradient's
+  // The dtype of the adapter's products: float32, bfloat16, or int8 (on the CPU: each operand
+  // quantized per product, model::onednn::QuantizeInt8). The weights, the loss, the gradient's
   // element-wise work and AdamW stay float32.
   at::ScalarType compute_dtype = at::kFloat;
   // When set, replaces the Gaussian noise: δ for (step, image index in the batch, shape [M,D]).

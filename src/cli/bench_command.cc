@@ -362,7 +362,8 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   out["blas"] = BlasLibraryPath();
   out["blas_kernels"] = OpenBlasCoreName();
   out["gemm_library"] = detector->gemm_library();  // what --gemm chose for the forwards
-  out["tta_dtype"] = loaded.tta_dtype == torch::kBFloat16 ? "bf16" : "fp32";  // the adapter's products
+  // the adapter's products
+  out["tta_dtype"] = loaded.tta_dtype == torch::kInt8 ? "int8" : loaded.tta_dtype == torch::kBFloat16 ? "bf16" : "fp32";
   out["device"] = loaded.device_name;
   out["model"] = detector->model_id();
   out["image_size"] = size;

@@ -99,6 +99,40 @@ TEST(AdapterLossTest, OnePassOverTheRowsEqualsLibtorchsOps) {
   EXPECT_TRUE(torch::allclose(fused.d_doubled, ops.d_doubled, 1e-5, 1e-7))
       << (fused.d_doubled - ops.d_doubled).abs().max().item<float>();
   EXPECT_GT(ops.d_doubled.abs().max().item<float>(), 1e-4);  // a gradient worth comparing
+  EXPECT_EQ(fused.d_doubled_largest, fused.d_doubled.abs().max().item<float>());
+  EXPECT_EQ(ops.d_doubled_largest, ops.d_doubled.abs().max().item<float>());
+}
+
+// The gate's backward pass and the noisy rows in one pass on the CPU against libtorch's ops; their
+// ops paths reached through CPU tensors the passes do not take (bfloat16, a strided output).
+TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
+  torch::manual_seed(26);
+  const int64_t rows = 37, columns = 45;  // 37 rows: three blocks, the last one short
+  const auto gate = torch::tanh(torch::randn({rows, columns})), d_gate = torch::randn({rows, columns});
+  const GateGradient fused = BackThroughGate(d_gate, gate);
+  const auto want = at::tanh_backward(d_gate, gate);
+  EXPECT_TRUE(torch::allclose(fused.d_preactivation, want, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(fused.d_bias, want.sum(0), 1e-5, 1e-6));
+  const auto half_gate = gate.to(torch::kBFloat16), half_d_gate = d_gate.to(torch::kBFloat16);
+  const GateGradient ops = BackThroughGate(half_d_gate, half_gate);
+  EXPECT_TRUE(torch::equal(ops.d_preactivation, at::tanh_backward(half_d_gate, half_gate)));
+  EXPECT_TRUE(torch::equal(ops.d_bias, ops.d_preactivation.sum(0)));
+
+  const auto patches = torch::randn({rows, columns}) * 3, noise = torch::randn({rows, columns}) * 0.05;
+  const auto expected = patches + noise;
+  const auto expected_unit = Normalize(expected);
+  auto noisy = torch::empty({rows, columns}), unit = torch::empty({rows, columns});
+  const float largest = AddNoiseAndNormalize(patches, noise, noisy, unit);
+  EXPECT_TRUE(torch::equal(noisy, expected));
+  EXPECT_TRUE(torch::allclose(unit, expected_unit, 1e-6, 1e-7));
+  EXPECT_EQ(largest, unit.abs().max().item<float>());
+  auto strided = torch::empty({columns, rows}).t();  // a layout the one pass does not take
+  const float strided_largest = AddNoiseAndNormalize(patches, noise, noisy, strided);
+  EXPECT_TRUE(torch::allclose(strided, expected_unit, 1e-6, 1e-7));
+  EXPECT_EQ(strided_largest, strided.abs().max().item<float>());
+  // A NaN ranks above every magnitude, so it reaches the int8 scale rather than hiding.
+  EXPECT_TRUE(std::isnan(LargestMagnitude(torch::tensor({1.0f, NAN, -3.0f}))));
+  EXPECT_EQ(LargestMagnitude(torch::tensor({1.0f, -3.0f, 2.0f})), 3.0f);
 }
 
 // The written-out gradients and the fused AdamW against autograd and libtorch's AdamW, through
@@ -168,8 +202,10 @@ TEST(AdamWTest, BothPathsMatchLibtorch) {
   for (const auto& gradient : gradients) {
     want.mutable_grad() = gradient.clone();
     reference.step();
-    fused_optimizer.Step(gradient);
-    strided_optimizer.Step(gradient);
+    // Each returns the updated parameter's largest magnitude.
+    const float fused_largest = fused_optimizer.Step(gradient), strided_largest = strided_optimizer.Step(gradient);
+    EXPECT_EQ(fused_largest, fused.abs().max().item<float>());
+    EXPECT_EQ(strided_largest, strided.abs().max().item<float>());
   }
   EXPECT_GT((want.detach() - start).abs().max().item<float>(), 0.1);  // the steps moved it
   EXPECT_LT((fused - want.detach()).abs().max().item<float>(), 1e-6);
@@ -242,6 +278,34 @@ TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {
   const auto want = fp32->Adapt(patches, prompts, text).patch_probs;
   const auto got = bf16->Adapt(patches, prompts, text).patch_probs;
   EXPECT_LT((got - want).abs().max().item<float>(), 2e-2);
+}
+
+// int8 products (each operand rounded to 255 levels by its largest magnitude) follow float32's
+// closely, and a batch's images still adapt as alone.
+TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
+  if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  torch::manual_seed(27);
+  auto patches = torch::randn({2, 40, 32}) * 3, prompts = Normalize(torch::randn({2, 20, 32}));
+  auto text = Normalize(torch::randn({2, 2, 32}));
+  TtaOptions options;
+  options.lr = 0.05;  // steps that move the probabilities well away from the start
+  auto fp32 = TestTimeAdapter::Create(options);
+  options.compute_dtype = at::kChar;
+  auto int8 = TestTimeAdapter::Create(options);
+  ASSERT_TRUE(fp32.ok() && int8.ok());
+  const auto want = fp32->Adapt(patches, prompts, text).patch_probs;
+  const auto got = int8->Adapt(patches, prompts, text).patch_probs;
+  // Against what adapting changes: the same adapter with a learning rate too small to move it.
+  TtaOptions unmoved_options;
+  unmoved_options.lr = 1e-9;
+  const auto unmoved = TestTimeAdapter::Create(unmoved_options)->Adapt(patches, prompts, text).patch_probs;
+  const float moved = (want - unmoved).abs().max().item<float>(), drift = (got - want).abs().max().item<float>();
+  EXPECT_GT(moved, 0.02);
+  // The adapter's drift from float32 is a fifth of what adapting moves; bfloat16's a sixteenth,
+  // and int8 in the weight gradient's product too made it two thirds (docs/performance.md).
+  EXPECT_LT(drift, 0.3 * moved);
+  const auto alone = int8->Adapt(patches.narrow(0, 1, 1), prompts.narrow(0, 1, 1), text.narrow(0, 1, 1)).patch_probs;
+  EXPECT_LT((got[1] - alone[0]).abs().max().item<float>(), 1e-6);
 }
 
 }  // namespace

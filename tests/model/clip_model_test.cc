@@ -404,6 +404,45 @@ TEST(LinearTest, PackedWeightGivesThePlainProductAtEveryRowCount) {
   EXPECT_THROW(Linear(x, weight.narrow(0, 0, 64), bias.narrow(0, 0, 64), {}, packed), c10::Error);
 }
 
+// int8: the rounding is oneDNN's reorder by the largest magnitude, and the product is the exact
+// product of the rounded matrices, scaled, with bias, activation and residual; a transposed view
+// is read in place.
+TEST(LinearTest, Int8ProductIsTheScaledProductOfTheRoundedMatrices) {
+  torch::manual_seed(13);
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({37, 64}), weight = torch::randn({48, 64}) * 0.1, bias = torch::randn({48});
+  const onednn::Int8Matrix qx = onednn::QuantizeInt8(x), qw = onednn::QuantizeInt8(weight.t().contiguous().t());
+  ASSERT_EQ(qx.values.scalar_type(), torch::kInt8);
+  EXPECT_FLOAT_EQ(qx.scale, x.abs().max().item<float>() / 127);
+  EXPECT_TRUE(torch::equal(qx.values, (x * (1 / qx.scale)).round().to(torch::kInt8)));
+  EXPECT_EQ(qx.values.abs().max().item<int>(), 127);
+  EXPECT_EQ(qw.values.strides(), weight.t().contiguous().t().strides());  // the transposed layout kept
+  EXPECT_TRUE(torch::equal(qw.values, (weight * (1 / qw.scale)).round().to(torch::kInt8)));
+  // A caller's largest magnitude is taken as it is; an all-zero matrix gets scale 1.
+  EXPECT_FLOAT_EQ(onednn::QuantizeInt8(x, 2.54f).scale, 0.02f);
+  const auto zero = onednn::QuantizeInt8(torch::zeros({3, 5}));
+  EXPECT_EQ(zero.scale, 1.0f);
+  EXPECT_EQ(zero.values.abs().max().item<int>(), 0);
+
+  const auto rounded = at::linear(qx.values.to(torch::kFloat), qw.values.to(torch::kFloat)) * (qx.scale * qw.scale);
+  const auto residual = torch::randn({37, 48});
+  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, qw, bias, {}), rounded + bias, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, qw, bias, {Activation::kTanh, {}}), torch::tanh(rounded + bias),
+                              1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, qw, {}, {Activation::kNone, residual}), rounded + residual, 1e-5,
+                              1e-5));
+  // xᵀ's transpose, read through its strides, is x.
+  const auto qxt = onednn::QuantizeInt8(x.t().contiguous());
+  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qxt.t(), qw, {}, {}), rounded, 1e-5, 1e-5));
+  // And the whole stays within int8's rounding of the float32 product: each operand is off by at
+  // most half a step, 64 terms.
+  const auto exact = at::linear(x, weight, bias);
+  const float bound = 0.5f * 64 * (qx.scale * weight.abs().max().item<float>() +
+                                   qw.scale * x.abs().max().item<float>() + qx.scale * qw.scale);
+  EXPECT_LT((onednn::LinearInt8(qx, qw, bias, {}) - exact).abs().max().item<float>(), bound);
+  EXPECT_THROW(onednn::LinearInt8(qx, qw.t(), {}, {}), c10::Error);  // 64 columns against 48
+}
+
 TEST(LinearTest, ParsesLibraryNames) {
   EXPECT_EQ(ParseGemmLibrary("blas").value(), GemmLibrary::kBlas);
   EXPECT_EQ(ParseGemmLibrary("mkl").status().code(), absl::StatusCode::kInvalidArgument);
