@@ -253,9 +253,10 @@ absl::StatusOr<std::shared_ptr<Engine>> LoadEngine(const DetectorOptions& option
         engine->model->visual->transformer->PackWeightsOnFirstUse();
       }
     }
-    // The adapter's products: int8 under --precision int8 where the CPU has int8 dot products
-    // (through oneDNN, whichever GEMM library the rest uses); else bfloat16 under bf16, and under
-    // int8 where the CPU multiplies bfloat16 natively; else float32 (docs/performance.md).
+    // The adapter's products: under --precision int8 where the CPU has int8 dot products, int8
+    // through oneDNN whichever GEMM library the rest uses (the weight gradient's in bfloat16:
+    // TestTimeAdapter); else bfloat16 under bf16, and under int8 where the CPU multiplies
+    // bfloat16 natively; else float32 (docs/performance.md).
     const bool native_bf16 = engine->gemm_library == model::GemmLibrary::kOneDnn && model::onednn::HasNativeBfloat16();
     if (options.precision == "int8" && model::onednn::HasNativeInt8()) {
       engine->tta_dtype = torch::kInt8;
