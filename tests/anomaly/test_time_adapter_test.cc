@@ -265,23 +265,28 @@ TEST(TtaNoiseTest, CachedNoiseIsTheDrawOfItsKeyWithinTheBound) {
   EXPECT_EQ(CachedTtaNoise(1, 1, 0.05, {640, 225}).sizes(), (std::vector<int64_t>{640, 225}));
 }
 
+// The patch probabilities that adapting with `options` gives.
+at::Tensor Adapted(const TtaOptions& options, const at::Tensor& patches, const at::Tensor& prompts,
+                   const at::Tensor& text) {
+  auto adapter = TestTimeAdapter::Create(options);
+  EXPECT_TRUE(adapter.ok()) << adapter.status();
+  return adapter.ok() ? adapter->Adapt(patches, prompts, text).patch_probs : at::Tensor();
+}
+
 // bfloat16 products follow float32's within bfloat16's rounding.
 TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {
   torch::manual_seed(22);
   auto patches = torch::randn({1, 40, 32}) * 3, prompts = Normalize(torch::randn({1, 20, 32}));
   auto text = Normalize(torch::randn({1, 2, 32}));
   TtaOptions options;
-  auto fp32 = TestTimeAdapter::Create(options);
+  const auto want = Adapted(options, patches, prompts, text);
   options.compute_dtype = at::kBFloat16;
-  auto bf16 = TestTimeAdapter::Create(options);
-  ASSERT_TRUE(fp32.ok() && bf16.ok());
-  const auto want = fp32->Adapt(patches, prompts, text).patch_probs;
-  const auto got = bf16->Adapt(patches, prompts, text).patch_probs;
+  const auto got = Adapted(options, patches, prompts, text);
   EXPECT_LT((got - want).abs().max().item<float>(), 2e-2);
 }
 
-// int8 products (each operand rounded to 255 levels by its largest magnitude) follow float32's
-// closely, and a batch's images still adapt as alone.
+// int8 products (three of the four per step, each operand rounded to 255 levels by its largest
+// magnitude) follow float32's closely, and a batch's images still adapt as alone.
 TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
   if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
   torch::manual_seed(27);
@@ -289,22 +294,19 @@ TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
   auto text = Normalize(torch::randn({2, 2, 32}));
   TtaOptions options;
   options.lr = 0.05;  // steps that move the probabilities well away from the start
-  auto fp32 = TestTimeAdapter::Create(options);
+  const auto want = Adapted(options, patches, prompts, text);
   options.compute_dtype = at::kChar;
-  auto int8 = TestTimeAdapter::Create(options);
-  ASSERT_TRUE(fp32.ok() && int8.ok());
-  const auto want = fp32->Adapt(patches, prompts, text).patch_probs;
-  const auto got = int8->Adapt(patches, prompts, text).patch_probs;
+  const auto got = Adapted(options, patches, prompts, text);
   // Against what adapting changes: the same adapter with a learning rate too small to move it.
   TtaOptions unmoved_options;
   unmoved_options.lr = 1e-9;
-  const auto unmoved = TestTimeAdapter::Create(unmoved_options)->Adapt(patches, prompts, text).patch_probs;
+  const auto unmoved = Adapted(unmoved_options, patches, prompts, text);
   const float moved = (want - unmoved).abs().max().item<float>(), drift = (got - want).abs().max().item<float>();
   EXPECT_GT(moved, 0.02);
   // The drift from float32 stays well under what adapting moves: int8 in the weight gradient's
   // product too had drifted by 45% of it here (docs/performance.md).
   EXPECT_LT(drift, 0.3 * moved);
-  const auto alone = int8->Adapt(patches.narrow(0, 1, 1), prompts.narrow(0, 1, 1), text.narrow(0, 1, 1)).patch_probs;
+  const auto alone = Adapted(options, patches.narrow(0, 1, 1), prompts.narrow(0, 1, 1), text.narrow(0, 1, 1));
   EXPECT_LT((got[1] - alone[0]).abs().max().item<float>(), 1e-6);
 }
 
