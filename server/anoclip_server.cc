@@ -235,14 +235,7 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
                              }));
   }
   state->SetHealth(true);
-  // The vision tower's packing, deferred by the engine, on the text builds' thread: a request that
-  // comes meanwhile waits only for the blocks still being packed.
-  state->text_builds->Post([detector] {
-    const absl::Time start = absl::Now();
-    if (detector->PackDeferredVisionWeights()) {
-      LogLine("info", "vision weights packed", {{"seconds", absl::ToDoubleSeconds(absl::Now() - start)}});
-    }
-  });
+  auto* text_builds = state->text_builds.get();
   auto server = std::unique_ptr<AnoclipServer>(new AnoclipServer(std::move(state)));
   if (!config.ready_file.empty()) {
     const std::string temp = config.ready_file + ".tmp";
@@ -250,6 +243,18 @@ absl::StatusOr<std::unique_ptr<AnoclipServer>> AnoclipServer::Start(const Server
                                          << ",\"metrics_port\":" << server->metrics_port() << "}\n";
     std::filesystem::rename(temp, config.ready_file);
   }
+  LogLine("info", "serving", {{"grpc_port", server->grpc_port()},
+                              {"metrics_port", server->metrics_port()},
+                              {"gemm", server->gemm_library()}});
+  // The vision tower's packing, deferred by the engine, on the text builds' thread (after the line
+  // above, so the log tells them in order): a request that comes meanwhile waits only for the
+  // blocks still being packed.
+  text_builds->Post([detector] {
+    const absl::Time start = absl::Now();
+    if (detector->PackDeferredVisionWeights()) {
+      LogLine("info", "vision weights packed", {{"seconds", absl::ToDoubleSeconds(absl::Now() - start)}});
+    }
+  });
   return server;
 }
 

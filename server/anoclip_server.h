@@ -1,6 +1,6 @@
 // The whole anoclip-server: model, text bank, service, health, reflection, metrics endpoint.
-// Start() returns once the gRPC port is bound and the server is SERVING; tests run it
-// in-process, the binary wraps it with signal handling.
+// Start() returns once the gRPC port is bound and the server is SERVING, logging "serving"; tests
+// run it in-process, the binary wraps it with signal handling.
 #pragma once
 
 #include <memory>

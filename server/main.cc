@@ -52,9 +52,6 @@ int main(int argc, char** argv) {
     LogLine("error", server.status().message());
     return server.status().GetPayload(anoclip::server::kModelErrorPayload).has_value() ? 3 : 1;
   }
-  LogLine("info", "serving", {{"grpc_port", (*server)->grpc_port()},
-                              {"metrics_port", (*server)->metrics_port()},
-                              {"gemm", (*server)->gemm_library()}});
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   LogLine("info", "draining", {{"signal", signal_number}, {"timeout_s", config->drain_timeout_s}});
