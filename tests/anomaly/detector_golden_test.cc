@@ -240,7 +240,8 @@ TEST_F(DetectorGoldenTest, Int8PrecisionFollowsFloat32) {
   // The int8 path really ran: its tokens are not float32's to the golden tolerance.
   EXPECT_FALSE(AllClose(d.vv_tokens, GoldenTensor(name + "/vv_tokens"), 1e-5));
   // The adapted map (its adapter mostly int8 where the CPU has int8 dot products) follows
-  // float32's: the tiny model's 64-wide tokens round coarser than a ViT-B's (bench: 0.9994).
+  // float32's: the tiny model's 32-wide tokens round coarser than a ViT-B-16-plus-240's 640-wide
+  // ones (bench: 0.9994).
   const auto& c = GoldenJson()["cases"][0];
   DetectOptions with_tta;
   with_tta.tta = true;
