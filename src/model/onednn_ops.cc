@@ -204,7 +204,9 @@ Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest) {
   // amax and amin reduce any layout at memory speed; linalg_vector_norm(x, inf) ran some 20x
   // slower, and abs().max() 100x slower on a transposed view.
   if (!largest) largest = std::max(at::amax(x).item<float>(), -at::amin(x).item<float>());
-  if (*largest > 0) q.scale = *largest / 127;
+  // A NaN or infinity among x's values makes the scale NaN or infinite, and the products NaN:
+  // seen, not hidden.
+  if (!(*largest == 0)) q.scale = *largest / 127;
   float inverse = 1 / q.scale;
   dnnl::primitive_attr attr;
   attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});  // one plan for every scale

@@ -52,7 +52,7 @@ struct Int8Matrix {
 // x (float32 on the CPU, 2-D, any strides) rounded to Int8Matrix through oneDNN's reorder; dense in
 // x's layout where x is dense (a transposed view stays transposed), else contiguous. `largest` is
 // max |x| where the caller has it from the pass that wrote x (else it is reduced here); an
-// all-zero x gets scale 1.
+// all-zero x gets scale 1, one with a NaN or infinity a NaN or infinite scale.
 Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest = std::nullopt);
 
 // x [m,k] · weightᵀ (weight [n,k]) in int8 with int32 sums, times both scales, + bias ([n] float32

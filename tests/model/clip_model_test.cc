@@ -423,6 +423,10 @@ TEST(LinearTest, Int8ProductIsTheScaledProductOfTheRoundedMatrices) {
   const auto zero = onednn::QuantizeInt8(torch::zeros({3, 5}));
   EXPECT_EQ(zero.scale, 1.0f);
   EXPECT_EQ(zero.values.abs().max().item<int>(), 0);
+  // A NaN among the values shows in the product rather than vanishing in the rounding.
+  auto with_nan = x.clone();
+  with_nan[3][7] = NAN;
+  EXPECT_TRUE(torch::isnan(onednn::LinearInt8(onednn::QuantizeInt8(with_nan), qw, bias, {})).all().item<bool>());
 
   const auto rounded = at::linear(qx.values.to(torch::kFloat), qw.values.to(torch::kFloat)) * (qx.scale * qw.scale);
   const auto residual = torch::randn({37, 48});
