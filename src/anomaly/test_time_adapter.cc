@@ -218,11 +218,14 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   }
   const auto compute = options_.compute_dtype;
   TORCH_CHECK(compute != at::kChar || patches.device().is_cpu(), "int8 adaptation runs on the CPU");
-  // The weight's gradient, norm(X)ᵀ-weighted sums of ∂/∂A, stays out of int8: norm(X) rounded to
-  // int8 biases every step's gradient the same way, and AdamW, which moves each element by about
-  // lr whatever its gradient's size, turns that into a different adaptation (docs/performance.md).
+  // The weight's gradient, norm(X)ᵀ-weighted sums of ∂/∂A, stays out of int8, in bfloat16 where
+  // oneDNN multiplies it natively: the clean rows of norm(X) round the same way at every step,
+  // which biases each step's gradient alike, and AdamW, which moves each element by about lr
+  // whatever its gradient's size, made that a different adaptation (docs/performance.md).
+  const bool native_bfloat16 =
+      model::CurrentGemmLibrary() == model::GemmLibrary::kOneDnn && model::onednn::HasNativeBfloat16();
   const auto weight_gradient_compute =
-      compute != at::kChar ? compute : model::onednn::HasNativeBfloat16() ? at::kBFloat16 : at::kFloat;
+      compute != at::kChar ? compute : native_bfloat16 ? at::kBFloat16 : at::kFloat;
   // The prompts in the products' dtype once, not at every product.
   const Operand prompts_compute = ForProduct(prompts, compute);
   AdamWSettings settings;

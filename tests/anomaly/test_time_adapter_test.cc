@@ -289,6 +289,10 @@ TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {
 // magnitude) follow float32's closely, and a batch's images still adapt as alone.
 TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
   if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  // As the engine runs it: with oneDNN selected, the weight gradient's product in bfloat16 where
+  // the CPU multiplies it natively.
+  const GemmLibrary previous = model::CurrentGemmLibrary();
+  model::SetGemmLibrary(GemmLibrary::kOneDnn);
   torch::manual_seed(27);
   auto patches = torch::randn({2, 40, 32}) * 3, prompts = Normalize(torch::randn({2, 20, 32}));
   auto text = Normalize(torch::randn({2, 2, 32}));
@@ -308,6 +312,7 @@ TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
   EXPECT_LT(drift, 0.3 * moved);
   const auto alone = Adapted(options, patches.narrow(0, 1, 1), prompts.narrow(0, 1, 1), text.narrow(0, 1, 1));
   EXPECT_LT((got[1] - alone[0]).abs().max().item<float>(), 1e-6);
+  model::SetGemmLibrary(previous);
 }
 
 }  // namespace
