@@ -1,5 +1,9 @@
 #include "server/log.h"
 
+#include <grpc/support/log.h>
+
+#include <c10/util/Exception.h>
+
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -32,7 +36,28 @@ std::string TextValue(const nlohmann::ordered_json& value) {
   return value.dump();
 }
 
+class LibtorchWarnings : public c10::WarningHandler {
+ public:
+  void process(const c10::SourceLocation& source, const std::string& message, bool /*verbatim*/) override {
+    LogLine("warning", message, {{"library", "libtorch"}, {"source", absl::StrCat(source.file, ":", source.line)}});
+  }
+};
+
+void LogGrpc(gpr_log_func_args* args) {
+  const char* level = args->severity == GPR_LOG_SEVERITY_ERROR  ? "error"
+                      : args->severity == GPR_LOG_SEVERITY_INFO ? "info"
+                                                                : "debug";
+  LogLine(level, args->message != nullptr ? args->message : "",
+          {{"library", "grpc"}, {"source", absl::StrCat(args->file != nullptr ? args->file : "", ":", args->line)}});
+}
+
 }  // namespace
+
+void RouteLibraryLogs() {
+  static auto* warnings = new LibtorchWarnings;  // kept to the process's end, as libtorch needs
+  c10::Warning::set_warning_handler(warnings);
+  gpr_set_log_function(LogGrpc);
+}
 
 void ConfigureLog(LogFormat format, std::FILE* sink) {
   LogState& state = State();

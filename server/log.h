@@ -20,6 +20,11 @@ enum class LogFormat { kText, kJson };
 // Before any thread logs. `sink` defaults to stderr; tests pass a file.
 void ConfigureLog(LogFormat format, std::FILE* sink = stderr);
 
+// Sends what libtorch warns (TORCH_WARN) and what gRPC logs (gpr_log) through LogLine, with the
+// fields library ("libtorch", "grpc") and source (file:line), so that a JSON log holds them too.
+// Once, before other threads start.
+void RouteLibraryLogs();
+
 // One line: text "anoclip-server: MESSAGE key=value ..." or
 // {"time":"2026-01-02T03:04:05.678Z","level":"info","msg":MESSAGE,"key":value,...}.
 void LogLine(absl::string_view level, absl::string_view message, const nlohmann::ordered_json& fields = {});

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   using anoclip::server::LogLine;
   anoclip::server::ConfigureLog(config->log_format == "json" ? anoclip::server::LogFormat::kJson
                                                              : anoclip::server::LogFormat::kText);
+  anoclip::server::RouteLibraryLogs();
   const anoclip::BlasReport blas = anoclip::DescribeBlas();
   LogLine("info", "blas", {{"library", blas.library}, {"openblas_kernels", blas.kernels},
                            {"openblas_coretype", blas.coretype}});

@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <grpc/support/log.h>
+
+#include <c10/util/Exception.h>
+
 #include <cstdio>
 #include <string>
 
@@ -68,6 +72,31 @@ TEST(LogTest, TextLinesQuoteOnlyWhatNeedsIt) {
 TEST(LogTest, BytesThatAreNotUtf8DoNotBreakAJsonLine) {
   const std::string text = Capture(LogFormat::kJson, [] { LogLine("info", "x", {{"class", std::string("\xff\xfe")}}); });
   EXPECT_FALSE(nlohmann::json::parse(text, nullptr, false).is_discarded()) << text;
+}
+
+// libtorch's warnings and gRPC's log lines arrive as JSON lines of their own, named.
+TEST(LogTest, LibraryLogsBecomeLogLines) {
+  c10::WarningHandler* previous = c10::Warning::get_warning_handler();
+  RouteLibraryLogs();
+  gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);  // grpc_init's default, and this process has none
+  const std::string text = Capture(LogFormat::kJson, [] {
+    TORCH_WARN("a libtorch warning");
+    gpr_log(GPR_ERROR, "a grpc error %d", 7);
+  });
+  c10::Warning::set_warning_handler(previous);  // gRPC's stays routed: its default is not public
+  std::vector<nlohmann::json> lines;
+  size_t start = 0;
+  for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
+    lines.push_back(nlohmann::json::parse(text.substr(start, end - start)));
+  }
+  ASSERT_EQ(lines.size(), 2u) << text;
+  EXPECT_EQ(lines[0]["level"], "warning");
+  EXPECT_EQ(lines[0]["msg"], "a libtorch warning");
+  EXPECT_EQ(lines[0]["library"], "libtorch");
+  EXPECT_NE(lines[0]["source"].get<std::string>().find("log_test.cc:"), std::string::npos);
+  EXPECT_EQ(lines[1]["level"], "error");
+  EXPECT_EQ(lines[1]["msg"], "a grpc error 7");
+  EXPECT_EQ(lines[1]["library"], "grpc");
 }
 
 TEST(RequestIdTest, UsableIdsArePrintableAndBounded) {
