@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "common/request_id.h"
 
@@ -31,17 +32,23 @@ std::string Capture(LogFormat format, Body body) {
   return text;
 }
 
+// Each line of `text` parsed as JSON.
+std::vector<nlohmann::json> JsonLines(const std::string& text) {
+  std::vector<nlohmann::json> lines;
+  size_t start = 0;
+  for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
+    lines.push_back(nlohmann::json::parse(text.substr(start, end - start)));
+  }
+  return lines;
+}
+
 TEST(LogTest, JsonLinesCarryTheCallAndItsFields) {
   const std::string text = Capture(LogFormat::kJson, [] {
     LogCall("Detect", "line7-0001", absl::OkStatus(), 0.0412345, {{"class", "bottle"}, {"image_score", 0.5}});
     LogCall("Inspect", "abc", absl::InvalidArgumentError("views must be 1 or 22; was 5"), 0.001);
     LogCall("Detect", "def", absl::InternalError("detection failed"), 0.002);
   });
-  std::vector<nlohmann::json> lines;
-  size_t start = 0;
-  for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
-    lines.push_back(nlohmann::json::parse(text.substr(start, end - start)));
-  }
+  const std::vector<nlohmann::json> lines = JsonLines(text);
   ASSERT_EQ(lines.size(), 3u) << text;
   EXPECT_EQ(lines[0]["msg"], "call");
   EXPECT_EQ(lines[0]["level"], "info");
@@ -84,11 +91,7 @@ TEST(LogTest, LibraryLogsBecomeLogLines) {
     gpr_log(GPR_ERROR, "a grpc error %d", 7);
   });
   c10::Warning::set_warning_handler(previous);  // gRPC's stays routed: its default is not public
-  std::vector<nlohmann::json> lines;
-  size_t start = 0;
-  for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
-    lines.push_back(nlohmann::json::parse(text.substr(start, end - start)));
-  }
+  const std::vector<nlohmann::json> lines = JsonLines(text);
   ASSERT_EQ(lines.size(), 2u) << text;
   EXPECT_EQ(lines[0]["level"], "warning");
   EXPECT_EQ(lines[0]["msg"], "a libtorch warning");
