@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "anomaly/adapter_loss.h"
+#include "common/vector_clones.h"
 
 namespace anoclip::anomaly {
 namespace {
@@ -17,8 +18,10 @@ struct Coefficients {
 };
 
 // One slice of the update; returns the largest magnitude of the updated slice. Built with
-// -fno-math-errno (CMakeLists.txt): without it the sqrt keeps the loop scalar.
-float UpdateSlice(int64_t n, const Coefficients c, float* __restrict param, const float* __restrict grad,
+// -fno-math-errno (CMakeLists.txt), without which the sqrt keeps the loop scalar, and in vector
+// clones: its sqrt and division per element took twice as long in the baseline's 4-wide vectors
+// as in AVX-512's (docs/performance.md).
+ANOCLIP_VECTOR_CLONES float UpdateSlice(int64_t n, const Coefficients c, float* __restrict param, const float* __restrict grad,
                   float* __restrict exp_avg, float* __restrict exp_avg_sq) {
   uint32_t largest = 0;
   for (int64_t i = 0; i < n; ++i) {

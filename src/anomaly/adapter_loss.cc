@@ -7,12 +7,15 @@
 #include <cmath>
 #include <vector>
 
+#include "common/vector_clones.h"
+
 namespace anoclip::anomaly {
 
 namespace {
 
+
 // One row's loss term and gradient (AdapterLossGradientOps's ops, written out per row).
-void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64_t row, int64_t clean_rows,
+ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64_t row, int64_t clean_rows,
                      float* d_doubled, float* loss) {
   const float* y = doubled + row * dim;
   const float *normal_text = text, *abnormal_text = text + dim;
@@ -66,10 +69,42 @@ void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64
 }
 
 // The largest of n magnitudes.
-float LargestMagnitude(const float* values, int64_t n) {
+ANOCLIP_VECTOR_CLONES float LargestMagnitude(const float* values, int64_t n) {
   uint32_t largest = 0;
   for (int64_t i = 0; i < n; ++i) largest = std::max(largest, MagnitudeBits(values[i]));
   return FromMagnitudeBits(largest);
+}
+
+// One row of tanh's backward: out = upstream ⊙ (1 − tanh²), added to the block's column sums.
+ANOCLIP_VECTOR_CLONES void GateBackwardRow(const float* upstream, const float* tanh, int64_t columns, float* out,
+                                           float* column_sums) {
+  for (int64_t c = 0; c < columns; ++c) {
+    out[c] = upstream[c] * (1 - tanh[c] * tanh[c]);
+    column_sums[c] += out[c];
+  }
+}
+
+// One noisy token: y = a + b and its row normalised as F::normalize does; returns the largest
+// magnitude of the normalised row.
+ANOCLIP_VECTOR_CLONES float NoisyRow(const float* a, const float* b, int64_t dim, float* y, float* unit) {
+  constexpr int kLanes = 8;
+  float length2[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= dim; d += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      y[d + lane] = a[d + lane] + b[d + lane];
+      length2[lane] += y[d + lane] * y[d + lane];
+    }
+  }
+  for (; d < dim; ++d) {
+    y[d] = a[d] + b[d];
+    length2[0] += y[d] * y[d];
+  }
+  float sum = 0;
+  for (const float lane : length2) sum += lane;
+  const float length = std::max(std::sqrt(sum), 1e-12f);
+  for (d = 0; d < dim; ++d) unit[d] = y[d] / length;
+  return LargestMagnitude(unit, dim);
 }
 
 // Runs row_pass(row) -> the largest magnitude it wrote, for rows 0..rows-1 in blocks of
@@ -160,12 +195,8 @@ GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate) {
   const float *d_data = upstream.data_ptr<float>(), *g_data = tanh.data_ptr<float>();
   float *out = g.d_preactivation.data_ptr<float>(), *sums = block_sums.data_ptr<float>();
   ForEachRowBlock(rows, [&](int64_t row) {
-    const float *d = d_data + row * columns, *t = g_data + row * columns;
-    float *o = out + row * columns, *sum = sums + row / kRowsPerBlock * columns;
-    for (int64_t c = 0; c < columns; ++c) {
-      o[c] = d[c] * (1 - t[c] * t[c]);
-      sum[c] += o[c];
-    }
+    GateBackwardRow(d_data + row * columns, g_data + row * columns, columns, out + row * columns,
+                    sums + row / kRowsPerBlock * columns);
     return 0.0f;  // its magnitude is not needed: the weight gradient's product is not int8
   });
   g.d_bias = block_sums.sum(0);
@@ -188,28 +219,7 @@ float AddNoiseAndNormalize(const at::Tensor& patches, const at::Tensor& noise, c
   const int64_t rows = tokens.size(0), dim = tokens.size(1);
   const float *p = tokens.data_ptr<float>(), *n = delta.data_ptr<float>();
   float *out = noisy.data_ptr<float>(), *unit = noisy_normalized.data_ptr<float>();
-  return ForEachRowBlock(rows, [&](int64_t row) {
-    const float *a = p + row * dim, *b = n + row * dim;
-    float *y = out + row * dim, *u = unit + row * dim;
-    constexpr int kLanes = 8;
-    float length2[kLanes] = {};
-    int64_t d = 0;
-    for (; d + kLanes <= dim; d += kLanes) {
-      for (int lane = 0; lane < kLanes; ++lane) {
-        y[d + lane] = a[d + lane] + b[d + lane];
-        length2[lane] += y[d + lane] * y[d + lane];
-      }
-    }
-    for (; d < dim; ++d) {
-      y[d] = a[d] + b[d];
-      length2[0] += y[d] * y[d];
-    }
-    float sum = 0;
-    for (const float lane : length2) sum += lane;
-    const float length = std::max(std::sqrt(sum), 1e-12f);
-    for (d = 0; d < dim; ++d) u[d] = y[d] / length;
-    return LargestMagnitude(u, dim);
-  });
+  return ForEachRowBlock(rows, [&](int64_t row) { return NoisyRow(p + row * dim, n + row * dim, dim, out + row * dim, unit + row * dim); });
 }
 
 }  // namespace anoclip::anomaly
