@@ -231,7 +231,9 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   AdamWSettings settings;
   settings.lr = options_.lr;
   AdamW weight_optimizer(weight, settings), bias_optimizer(bias, settings);
-  float weight_largest = LargestMagnitude(weight);  // then each update's own
+  // The largest magnitudes scale the int8 operands; the other dtypes need none.
+  const bool int8 = compute == at::kChar;
+  float weight_largest = int8 ? LargestMagnitude(weight) : 0;  // then each update's own
 
   // Clean and noisy tokens go through the adapter as one [2M,D] block (half the product calls):
   // the clean half and its normalised rows are written once, the noisy half at every step.
@@ -240,7 +242,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   auto clean_normalized = normalized.narrow(0, 0, tokens);
   x.narrow(0, 0, tokens).copy_(patches);
   at::div_out(clean_normalized, patches, RowNorms(patches));
-  const float clean_largest = LargestMagnitude(clean_normalized);
+  const float clean_largest = int8 ? LargestMagnitude(clean_normalized) : 0;
   for (int step = 0; step < options_.steps; ++step) {
     const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
                                       : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
@@ -256,10 +258,10 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
     const GateGradient back = BackThroughGate(d_gate, f.gate);
     // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
-    const auto d_weight = weight_gradient_compute == compute
-                              ? Product(ForProduct(back.d_preactivation, compute).t(), normalized_compute.t(), {}, {})
-                              : Product(ForProduct(back.d_preactivation, weight_gradient_compute).t(),
-                                        ForProduct(normalized, weight_gradient_compute).t(), {}, {});
+    const Operand normalized_for_weight =
+        weight_gradient_compute == compute ? normalized_compute : ForProduct(normalized, weight_gradient_compute);
+    const auto d_weight = Product(ForProduct(back.d_preactivation, weight_gradient_compute).t(),
+                                  normalized_for_weight.t(), {}, {});
     weight_largest = weight_optimizer.Step(d_weight);
     bias_optimizer.Step(back.d_bias);
   }
