@@ -76,17 +76,31 @@ ANOCLIP_VECTOR_CLONES float LargestMagnitude(const float* values, int64_t n) {
 }
 
 // One row of tanh's backward: out = upstream ⊙ (1 − tanh²), added to the block's column sums.
-ANOCLIP_VECTOR_CLONES void GateBackwardRow(const float* upstream, const float* tanh, int64_t columns, float* out,
-                                           float* column_sums) {
+// `Out` is float or c10::BFloat16 (rounded to nearest even, as oneDNN's reorder rounds), so the
+// bfloat16 product that takes it needs no conversion pass. Inlined into each clone below.
+template <typename Out>
+inline __attribute__((always_inline)) void GateBackwardRowBody(const float* upstream, const float* tanh, int64_t columns,
+                                                               Out* out, float* column_sums) {
   for (int64_t c = 0; c < columns; ++c) {
-    out[c] = upstream[c] * (1 - tanh[c] * tanh[c]);
-    column_sums[c] += out[c];
+    const float d = upstream[c] * (1 - tanh[c] * tanh[c]);
+    out[c] = Out(d);
+    column_sums[c] += d;
   }
 }
+ANOCLIP_VECTOR_CLONES void GateBackwardRow(const float* upstream, const float* tanh, int64_t columns, float* out,
+                                           float* column_sums) {
+  GateBackwardRowBody(upstream, tanh, columns, out, column_sums);
+}
+ANOCLIP_VECTOR_CLONES void GateBackwardRowBfloat16(const float* upstream, const float* tanh, int64_t columns,
+                                                   c10::BFloat16* out, float* column_sums) {
+  GateBackwardRowBody(upstream, tanh, columns, out, column_sums);
+}
 
-// One noisy token: y = a + b and its row normalised as F::normalize does; returns the largest
-// magnitude of the normalised row.
-ANOCLIP_VECTOR_CLONES float NoisyRow(const float* a, const float* b, int64_t dim, float* y, float* unit) {
+// One noisy token: y = a + b and its row normalised as F::normalize does, also in bfloat16 where
+// unit_bfloat16 is given; returns the largest magnitude of the normalised row.
+template <bool kBfloat16>
+inline __attribute__((always_inline)) float NoisyRowBody(const float* a, const float* b, int64_t dim, float* y, float* unit,
+                                                         c10::BFloat16* unit_bfloat16) {
   constexpr int kLanes = 8;
   float length2[kLanes] = {};
   int64_t d = 0;
@@ -103,8 +117,20 @@ ANOCLIP_VECTOR_CLONES float NoisyRow(const float* a, const float* b, int64_t dim
   float sum = 0;
   for (const float lane : length2) sum += lane;
   const float length = std::max(std::sqrt(sum), 1e-12f);
-  for (d = 0; d < dim; ++d) unit[d] = y[d] / length;
-  return LargestMagnitude(unit, dim);
+  uint32_t largest = 0;
+  for (d = 0; d < dim; ++d) {
+    unit[d] = y[d] / length;
+    if constexpr (kBfloat16) unit_bfloat16[d] = c10::BFloat16(unit[d]);
+    largest = std::max(largest, MagnitudeBits(unit[d]));
+  }
+  return FromMagnitudeBits(largest);
+}
+ANOCLIP_VECTOR_CLONES float NoisyRow(const float* a, const float* b, int64_t dim, float* y, float* unit) {
+  return NoisyRowBody<false>(a, b, dim, y, unit, nullptr);
+}
+ANOCLIP_VECTOR_CLONES float NoisyRowBfloat16(const float* a, const float* b, int64_t dim, float* y, float* unit,
+                                             c10::BFloat16* unit_bfloat16) {
+  return NoisyRowBody<true>(a, b, dim, y, unit, unit_bfloat16);
 }
 
 // Runs row_pass(row) -> the largest magnitude it wrote, for rows 0..rows-1 in blocks of
@@ -127,9 +153,23 @@ float ForEachRowBlock(int64_t rows, const RowPass& row_pass) {
 }  // namespace
 
 float LargestMagnitude(const at::Tensor& t) {
+  if (t.numel() == 0) return 0.0f;
+  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {
+    // One pass over the threads (amax and amin are two).
+    constexpr int64_t kSlice = 16384;
+    const float* values = t.data_ptr<float>();
+    const int64_t n = t.numel();
+    std::vector<float> slice_largest((n + kSlice - 1) / kSlice, 0.0f);
+    at::parallel_for(0, static_cast<int64_t>(slice_largest.size()), 1, [&](int64_t first, int64_t last) {
+      for (int64_t slice = first; slice < last; ++slice) {
+        slice_largest[slice] = LargestMagnitude(values + slice * kSlice, std::min(kSlice, n - slice * kSlice));
+      }
+    });
+    return *std::max_element(slice_largest.begin(), slice_largest.end());
+  }
   // amax and amin keep to memory speed on any layout; abs().max() was 100x slower on a transposed
   // view, linalg_vector_norm(t, inf) 20x on any.
-  return t.numel() == 0 ? 0.0f : std::max(at::amax(t).item<float>(), -at::amin(t).item<float>());
+  return std::max(at::amax(t).item<float>(), -at::amin(t).item<float>());
 }
 
 AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows) {
@@ -179,47 +219,72 @@ AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& tex
   return g;
 }
 
-GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate) {
+GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, at::ScalarType d_preactivation_dtype) {
+  TORCH_CHECK(d_preactivation_dtype == at::kFloat || d_preactivation_dtype == at::kBFloat16,
+              "the gate's gradient is written in float32 or bfloat16");
   GateGradient g;
   if (!d_gate.device().is_cpu() || d_gate.scalar_type() != at::kFloat || gate.scalar_type() != at::kFloat) {
     g.d_preactivation = at::tanh_backward(d_gate, gate);
     g.d_bias = g.d_preactivation.sum(0);
+    if (d_preactivation_dtype == at::kBFloat16) g.d_preactivation = g.d_preactivation.to(at::kBFloat16);
     return g;
   }
   const auto upstream = d_gate.contiguous(), tanh = gate.contiguous();
   const int64_t rows = upstream.size(0), columns = upstream.size(1);
-  g.d_preactivation = at::empty_like(upstream);
+  g.d_preactivation = at::empty_like(upstream, upstream.options().dtype(d_preactivation_dtype));
   // Each block of rows sums its columns apart, then the blocks are added in order: the same
   // result on any thread count.
   auto block_sums = at::zeros({(rows + kRowsPerBlock - 1) / kRowsPerBlock, columns}, upstream.options());
   const float *d_data = upstream.data_ptr<float>(), *g_data = tanh.data_ptr<float>();
-  float *out = g.d_preactivation.data_ptr<float>(), *sums = block_sums.data_ptr<float>();
-  ForEachRowBlock(rows, [&](int64_t row) {
-    GateBackwardRow(d_data + row * columns, g_data + row * columns, columns, out + row * columns,
-                    sums + row / kRowsPerBlock * columns);
-    return 0.0f;  // its magnitude is not needed: the weight gradient's product is not int8
-  });
+  float* sums = block_sums.data_ptr<float>();
+  if (d_preactivation_dtype == at::kFloat) {
+    float* out = g.d_preactivation.data_ptr<float>();
+    ForEachRowBlock(rows, [&](int64_t row) {
+      GateBackwardRow(d_data + row * columns, g_data + row * columns, columns, out + row * columns,
+                      sums + row / kRowsPerBlock * columns);
+      return 0.0f;  // its magnitude is not needed: the weight gradient's product is not int8
+    });
+  } else {
+    c10::BFloat16* out = g.d_preactivation.data_ptr<c10::BFloat16>();
+    ForEachRowBlock(rows, [&](int64_t row) {
+      GateBackwardRowBfloat16(d_data + row * columns, g_data + row * columns, columns, out + row * columns,
+                              sums + row / kRowsPerBlock * columns);
+      return 0.0f;
+    });
+  }
   g.d_bias = block_sums.sum(0);
   return g;
 }
 
 float AddNoiseAndNormalize(const at::Tensor& patches, const at::Tensor& noise, const at::Tensor& noisy,
-                           const at::Tensor& noisy_normalized) {
+                           const at::Tensor& noisy_normalized, const at::Tensor& noisy_normalized_bfloat16) {
+  const bool with_bfloat16 = noisy_normalized_bfloat16.defined();
+  TORCH_CHECK(!with_bfloat16 || (noisy_normalized_bfloat16.scalar_type() == at::kBFloat16 &&
+                                 noisy_normalized_bfloat16.sizes() == noisy_normalized.sizes()),
+              "the bfloat16 copy of the noisy rows must be bfloat16 and of their shape");
   const bool one_pass = patches.device().is_cpu() && noise.device().is_cpu() &&
                         patches.scalar_type() == at::kFloat && noise.scalar_type() == at::kFloat &&
                         noisy.scalar_type() == at::kFloat && noisy_normalized.scalar_type() == at::kFloat &&
-                        noisy.is_contiguous() && noisy_normalized.is_contiguous();
+                        noisy.is_contiguous() && noisy_normalized.is_contiguous() &&
+                        (!with_bfloat16 || noisy_normalized_bfloat16.is_contiguous());
   if (!one_pass) {
     at::Tensor sum = noisy, unit = noisy_normalized;  // handles on the outputs' storage
     at::add_out(sum, patches, noise.to(patches.options()));
     at::div_out(unit, noisy, noisy.norm(2, -1, true).clamp_min(1e-12));
+    if (with_bfloat16) at::Tensor(noisy_normalized_bfloat16).copy_(noisy_normalized);
     return LargestMagnitude(noisy_normalized);
   }
   const auto tokens = patches.contiguous(), delta = noise.contiguous();
   const int64_t rows = tokens.size(0), dim = tokens.size(1);
   const float *p = tokens.data_ptr<float>(), *n = delta.data_ptr<float>();
   float *out = noisy.data_ptr<float>(), *unit = noisy_normalized.data_ptr<float>();
-  return ForEachRowBlock(rows, [&](int64_t row) { return NoisyRow(p + row * dim, n + row * dim, dim, out + row * dim, unit + row * dim); });
+  if (!with_bfloat16) {
+    return ForEachRowBlock(rows, [&](int64_t row) { return NoisyRow(p + row * dim, n + row * dim, dim, out + row * dim, unit + row * dim); });
+  }
+  c10::BFloat16* unit_bfloat16 = noisy_normalized_bfloat16.data_ptr<c10::BFloat16>();
+  return ForEachRowBlock(rows, [&](int64_t row) {
+    return NoisyRowBfloat16(p + row * dim, n + row * dim, dim, out + row * dim, unit + row * dim, unit_bfloat16 + row * dim);
+  });
 }
 
 }  // namespace anoclip::anomaly

@@ -30,20 +30,27 @@ AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& tex
 AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows);
 
 // Back through the gate G = tanh(A) [R,2N]: ∂loss/∂A = ∂loss/∂G ⊙ (1 − G²) and its column sums
-// (∂loss/∂b). On the CPU one pass (tanh_backward and sum were two); elsewhere libtorch's ops.
+// (∂loss/∂b). ∂loss/∂A is written in bfloat16 where `d_preactivation_dtype` asks for it (for a
+// bfloat16 product: no conversion pass), else in the inputs' dtype; ∂loss/∂b in the inputs'
+// dtype. On the CPU one pass for float32 inputs (tanh_backward and sum were two); elsewhere
+// libtorch's ops.
 struct GateGradient {
-  at::Tensor d_preactivation;  // [R,2N] float32
+  at::Tensor d_preactivation;  // [R,2N]
   at::Tensor d_bias;           // [2N] float32
 };
-GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate);
+GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate,
+                             at::ScalarType d_preactivation_dtype = at::kFloat);
 
 // The noisy tokens of a step: noisy = patches + noise, and its rows normalised as F::normalize
-// does (lengths clamped at 1e-12), written into the two [M,D] outputs; returns the largest
-// magnitude of the normalised rows. On the CPU one pass over the rows; elsewhere libtorch's ops.
+// does (lengths clamped at 1e-12), written into the two [M,D] outputs, and the normalised rows
+// also in bfloat16 into `noisy_normalized_bfloat16` where it is given (for the bfloat16 products;
+// rounded to nearest even, as oneDNN's reorder rounds); returns the largest magnitude of the
+// normalised rows. On the CPU one pass over the rows; elsewhere libtorch's ops.
 float AddNoiseAndNormalize(const at::Tensor& patches, const at::Tensor& noise, const at::Tensor& noisy,
-                           const at::Tensor& noisy_normalized);
+                           const at::Tensor& noisy_normalized, const at::Tensor& noisy_normalized_bfloat16 = {});
 
-// max |t| through libtorch's reductions (0 for an empty t).
+// max |t|: one pass over the threads for a dense float32 CPU tensor, else libtorch's reductions
+// (0 for an empty t).
 float LargestMagnitude(const at::Tensor& t);
 
 // |x|'s bits as an unsigned integer, which orders as |x| does (a NaN above infinity): the passes

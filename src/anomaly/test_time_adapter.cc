@@ -41,7 +41,7 @@ struct Operand {
 // x in `compute`; `largest` is max |x| where the pass that wrote x has it (int8 needs it).
 Operand ForProduct(const at::Tensor& x, at::ScalarType compute, std::optional<float> largest = std::nullopt) {
   if (compute != at::kChar) return {model::ConvertForProduct(x, compute)};
-  auto q = model::onednn::QuantizeInt8(x, largest);
+  auto q = model::onednn::QuantizeInt8(x, largest ? *largest : LargestMagnitude(x));
   return {std::move(q.values), q.scale};
 }
 
@@ -243,12 +243,25 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   x.narrow(0, 0, tokens).copy_(patches);
   at::div_out(clean_normalized, patches, RowNorms(patches));
   const float clean_largest = int8 ? LargestMagnitude(clean_normalized) : 0;
+  // norm(X) in bfloat16 where a product takes it so: the clean half converted once, the noisy
+  // half written by the pass that writes its float32 rows.
+  at::Tensor normalized_bfloat16, noisy_normalized_bfloat16;
+  if (compute == at::kBFloat16 || weight_gradient_compute == at::kBFloat16) {
+    normalized_bfloat16 = at::empty({2 * tokens, dim}, options.dtype(at::kBFloat16));
+    normalized_bfloat16.narrow(0, 0, tokens).copy_(model::ConvertForProduct(clean_normalized, at::kBFloat16));
+    noisy_normalized_bfloat16 = normalized_bfloat16.narrow(0, tokens, tokens);
+  }
+  const auto normalized_in = [&](at::ScalarType dtype, float largest) {
+    return dtype == at::kBFloat16 ? Operand{normalized_bfloat16} : ForProduct(normalized, dtype, largest);
+  };
   for (int step = 0; step < options_.steps; ++step) {
     const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
                                       : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
-    const float noisy_largest = AddNoiseAndNormalize(patches, delta, noisy, noisy_normalized);
+    const float noisy_largest =
+        AddNoiseAndNormalize(patches, delta, noisy, noisy_normalized, noisy_normalized_bfloat16);
     // norm(X) in the products' dtype once for the forward and the backward products.
-    const Operand normalized_compute = ForProduct(normalized, compute, std::max(clean_largest, noisy_largest));
+    const float normalized_largest = std::max(clean_largest, noisy_largest);
+    const Operand normalized_compute = normalized_in(compute, normalized_largest);
     const Forward f =
         AdapterForward(x, normalized_compute, ForProduct(weight, compute, weight_largest), bias, prompts_compute, compute);
     const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens);
@@ -256,10 +269,12 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
 
     // Back through the adapter to W and b.
     const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
-    const GateGradient back = BackThroughGate(d_gate, f.gate);
+    const GateGradient back = BackThroughGate(
+        d_gate, f.gate, weight_gradient_compute == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
     // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
-    const Operand normalized_for_weight =
-        weight_gradient_compute == compute ? normalized_compute : ForProduct(normalized, weight_gradient_compute);
+    const Operand normalized_for_weight = weight_gradient_compute == compute
+                                              ? normalized_compute
+                                              : normalized_in(weight_gradient_compute, normalized_largest);
     const auto d_weight = Product(ForProduct(back.d_preactivation, weight_gradient_compute).t(),
                                   normalized_for_weight.t(), {}, {});
     weight_largest = weight_optimizer.Step(d_weight);

@@ -117,6 +117,13 @@ TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
   const GateGradient ops = BackThroughGate(half_d_gate, half_gate);
   EXPECT_TRUE(torch::equal(ops.d_preactivation, at::tanh_backward(half_d_gate, half_gate)));
   EXPECT_TRUE(torch::equal(ops.d_bias, ops.d_preactivation.sum(0)));
+  // Written in bfloat16 for a bfloat16 product: the float32 values rounded to nearest even, as a
+  // conversion rounds them, ∂/∂b still summed in float32.
+  const GateGradient low = BackThroughGate(d_gate, gate, torch::kBFloat16);
+  ASSERT_EQ(low.d_preactivation.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(low.d_preactivation, fused.d_preactivation.to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::allclose(low.d_bias, fused.d_bias, 1e-6, 1e-7));  // the same sums, up to contraction
+  EXPECT_THROW(BackThroughGate(d_gate, gate, torch::kChar), c10::Error);
 
   const auto patches = torch::randn({rows, columns}) * 3, noise = torch::randn({rows, columns}) * 0.05;
   const auto expected = patches + noise;
@@ -130,9 +137,25 @@ TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
   const float strided_largest = AddNoiseAndNormalize(patches, noise, noisy, strided);
   EXPECT_TRUE(torch::allclose(strided, expected_unit, 1e-6, 1e-7));
   EXPECT_EQ(strided_largest, strided.abs().max().item<float>());
+  // With the normalised rows also in bfloat16: the float32 rows rounded as a conversion rounds.
+  auto unit_low = torch::empty({rows, columns}, torch::kBFloat16);
+  EXPECT_EQ(AddNoiseAndNormalize(patches, noise, noisy, unit, unit_low), largest);
+  EXPECT_TRUE(torch::equal(unit_low, unit.to(torch::kBFloat16)));
+  auto strided_low = torch::empty({columns, rows}, torch::kBFloat16).t();  // through the ops
+  AddNoiseAndNormalize(patches, noise, noisy, strided, strided_low);
+  EXPECT_TRUE(torch::equal(strided_low, strided.to(torch::kBFloat16)));
+  auto wrong_low = torch::empty({rows, columns});  // float32, not bfloat16
+  EXPECT_THROW(AddNoiseAndNormalize(patches, noise, noisy, unit, wrong_low), c10::Error);
   // A NaN ranks above every magnitude, so it reaches the int8 scale rather than hiding.
   EXPECT_TRUE(std::isnan(LargestMagnitude(torch::tensor({1.0f, NAN, -3.0f}))));
   EXPECT_EQ(LargestMagnitude(torch::tensor({1.0f, -3.0f, 2.0f})), 3.0f);
+  // Over several slices of the one pass, the largest in the last one; and a transposed view,
+  // which goes through libtorch's reductions.
+  auto many = torch::rand({300, 200}) - 0.5;
+  many[299][199] = -7.0f;
+  EXPECT_EQ(LargestMagnitude(many), 7.0f);
+  EXPECT_EQ(LargestMagnitude(many.t()), 7.0f);
+  EXPECT_EQ(LargestMagnitude(torch::empty({0, 3})), 0.0f);
 }
 
 // The written-out gradients and the fused AdamW against autograd and libtorch's AdamW, through
