@@ -15,8 +15,9 @@ namespace {
 
 
 // One row's loss term and gradient (AdapterLossGradientOps's ops, written out per row).
-ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64_t row, int64_t clean_rows,
-                     float* d_doubled, float* loss) {
+// Rows before `clean_end` are clean tokens, the rest noisy; `tokens` divides every term.
+ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64_t row,
+                                           int64_t clean_end, int64_t tokens, float* d_doubled, float* loss) {
   const float* y = doubled + row * dim;
   const float *normal_text = text, *abnormal_text = text + dim;
   // Eight partial sums per reduction, so the compiler can keep them in vector registers (a
@@ -48,9 +49,9 @@ ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* te
   const float log_sum = top + std::log(std::exp(logit0 - top) + std::exp(logit1 - top));
   const float log_p0 = logit0 - log_sum, log_p1 = logit1 - log_sum;
   const float p0 = std::exp(log_p0), p1 = std::exp(log_p1);
-  const float inverse_tokens = 1.0f / static_cast<float>(clean_rows);
+  const float inverse_tokens = 1.0f / static_cast<float>(tokens);
   float d_p0, d_p1;
-  if (row < clean_rows) {  // −Σ_c p·log p − 0.5·log p_normal, over the token count
+  if (row < clean_end) {  // −Σ_c p·log p − 0.5·log p_normal, over the token count
     *loss = (-(p0 * log_p0 + p1 * log_p1) - 0.5f * log_p0) * inverse_tokens;
     d_p0 = -(log_p0 + 1) * inverse_tokens - 0.5f * inverse_tokens / p0;
     d_p1 = -(log_p1 + 1) * inverse_tokens;
@@ -172,23 +173,27 @@ float LargestMagnitude(const at::Tensor& t) {
   return std::max(at::amax(t).item<float>(), -at::amin(t).item<float>());
 }
 
-AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows) {
+AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows,
+                                   int64_t first_row) {
   const double inverse_tokens = 1.0 / static_cast<double>(clean_rows);
+  const int64_t rows = doubled.size(0);
+  const int64_t clean = std::clamp<int64_t>(clean_rows - first_row, 0, rows), noisy = rows - clean;
   const auto norms = doubled.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);  // as F::normalize
   const auto unit = doubled / norms;
   const auto logits = at::matmul(unit, text_features.t());
   const auto probs = at::softmax(logits, -1);
-  const auto p0 = probs.narrow(0, 0, clean_rows), p1 = probs.narrow(0, clean_rows, probs.size(0) - clean_rows);
+  const auto p0 = probs.narrow(0, 0, clean), p1 = probs.narrow(0, clean, noisy);
   const auto log_p0 = p0.log(), log_p1_abnormal = p1.select(1, 1).log();
   AdapterLoss g;
-  // loss = mean_i(−Σ_c p0·log p0) + 0.5·mean_i(−log p1_abnormal − log p0_normal)
-  g.loss = -(p0 * log_p0).sum(-1).mean() + 0.5 * (-log_p1_abnormal - log_p0.select(1, 0)).mean();
+  // loss = mean_i(−Σ_c p0·log p0) + 0.5·mean_i(−log p1_abnormal − log p0_normal), means over the
+  // token count: these rows' terms summed and divided by it.
+  g.loss = ((-(p0 * log_p0).sum(-1) - 0.5 * log_p0.select(1, 0)).sum() - 0.5 * log_p1_abnormal.sum()) * inverse_tokens;
 
   auto d_probs = at::zeros_like(probs);
-  auto d_p0 = d_probs.narrow(0, 0, clean_rows);
+  auto d_p0 = d_probs.narrow(0, 0, clean);
   d_p0.copy_((log_p0 + 1) * -inverse_tokens);
   d_p0.select(1, 0).sub_(0.5 * inverse_tokens / p0.select(1, 0));
-  d_probs.narrow(0, clean_rows, p1.size(0)).select(1, 1).copy_(-0.5 * inverse_tokens / p1.select(1, 1));
+  d_probs.narrow(0, clean, noisy).select(1, 1).copy_(-0.5 * inverse_tokens / p1.select(1, 1));
   const auto d_logits = probs * (d_probs - (probs * d_probs).sum(-1, true));  // softmax
   // Back through the row normalisation: (d_unit − unit·(unit·d_unit)) / norms, where
   // d_unit = d_logits·[t+, t−] and so unit·d_unit = Σ_c d_logits_c·logits_c.
@@ -198,9 +203,10 @@ AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& 
   return g;
 }
 
-AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows) {
+AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows,
+                                int64_t first_row) {
   if (!doubled.device().is_cpu() || doubled.scalar_type() != at::kFloat) {
-    return AdapterLossGradientOps(doubled, text_features, clean_rows);
+    return AdapterLossGradientOps(doubled, text_features, clean_rows, first_row);
   }
   const auto y = doubled.contiguous(), text = text_features.to(at::kFloat).contiguous();
   const int64_t rows = y.size(0), dim = y.size(1);
@@ -212,48 +218,47 @@ AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& tex
   float* d_data = g.d_doubled.data_ptr<float>();
   float* loss_data = row_losses.data_ptr<float>();
   g.d_doubled_largest = ForEachRowBlock(rows, [&](int64_t row) {
-    LossGradientRow(y_data, text_data, dim, row, clean_rows, d_data, loss_data + row);
+    LossGradientRow(y_data, text_data, dim, row, clean_rows - first_row, clean_rows, d_data, loss_data + row);
     return LargestMagnitude(d_data + row * dim, dim);
   });
   g.loss = row_losses.sum();
   return g;
 }
 
-GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, at::ScalarType d_preactivation_dtype) {
-  TORCH_CHECK(d_preactivation_dtype == at::kFloat || d_preactivation_dtype == at::kBFloat16,
-              "the gate's gradient is written in float32 or bfloat16");
-  GateGradient g;
-  if (!d_gate.device().is_cpu() || d_gate.scalar_type() != at::kFloat || gate.scalar_type() != at::kFloat) {
-    g.d_preactivation = at::tanh_backward(d_gate, gate);
-    g.d_bias = g.d_preactivation.sum(0);
-    if (d_preactivation_dtype == at::kBFloat16) g.d_preactivation = g.d_preactivation.to(at::kBFloat16);
-    return g;
+at::Tensor BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, const at::Tensor& d_preactivation) {
+  TORCH_CHECK(d_preactivation.sizes() == d_gate.sizes() &&
+                  (d_preactivation.scalar_type() == at::kFloat || d_preactivation.scalar_type() == at::kBFloat16),
+              "the gate's gradient is written into a float32 or bfloat16 tensor of its shape");
+  at::Tensor out = d_preactivation;  // a handle on the output's storage
+  if (!d_gate.device().is_cpu() || d_gate.scalar_type() != at::kFloat || gate.scalar_type() != at::kFloat ||
+      !out.device().is_cpu() || !out.is_contiguous()) {
+    const auto d = at::tanh_backward(d_gate, gate);
+    out.copy_(d);
+    return d.to(at::kFloat).sum(0);
   }
   const auto upstream = d_gate.contiguous(), tanh = gate.contiguous();
   const int64_t rows = upstream.size(0), columns = upstream.size(1);
-  g.d_preactivation = at::empty_like(upstream, upstream.options().dtype(d_preactivation_dtype));
   // Each block of rows sums its columns apart, then the blocks are added in order: the same
   // result on any thread count.
   auto block_sums = at::zeros({(rows + kRowsPerBlock - 1) / kRowsPerBlock, columns}, upstream.options());
   const float *d_data = upstream.data_ptr<float>(), *g_data = tanh.data_ptr<float>();
   float* sums = block_sums.data_ptr<float>();
-  if (d_preactivation_dtype == at::kFloat) {
-    float* out = g.d_preactivation.data_ptr<float>();
+  if (out.scalar_type() == at::kFloat) {
+    float* written = out.data_ptr<float>();
     ForEachRowBlock(rows, [&](int64_t row) {
-      GateBackwardRow(d_data + row * columns, g_data + row * columns, columns, out + row * columns,
+      GateBackwardRow(d_data + row * columns, g_data + row * columns, columns, written + row * columns,
                       sums + row / kRowsPerBlock * columns);
       return 0.0f;  // its magnitude is not needed: the weight gradient's product is not int8
     });
   } else {
-    c10::BFloat16* out = g.d_preactivation.data_ptr<c10::BFloat16>();
+    c10::BFloat16* written = out.data_ptr<c10::BFloat16>();
     ForEachRowBlock(rows, [&](int64_t row) {
-      GateBackwardRowBfloat16(d_data + row * columns, g_data + row * columns, columns, out + row * columns,
+      GateBackwardRowBfloat16(d_data + row * columns, g_data + row * columns, columns, written + row * columns,
                               sums + row / kRowsPerBlock * columns);
       return 0.0f;
     });
   }
-  g.d_bias = block_sums.sum(0);
-  return g;
+  return block_sums.sum(0);
 }
 
 float AddNoiseAndNormalize(const at::Tensor& patches, const at::Tensor& noise, const at::Tensor& noisy,

@@ -20,26 +20,24 @@ struct AdapterLoss {
   float d_doubled_largest = 0;  // max |d_doubled|, the scale of its int8 copy
 };
 
-// doubled: 2·Φ(X) [R,D] float32, whose first `clean_rows` rows are the clean tokens and the rest
-// the noisy ones; text_features [2,D] (t+, t−). On the CPU one pass over the rows (the libtorch
-// version's two dozen ops over [R,2] and [R,D] tensors took a third of a float32 step,
+// doubled: rows first_row.. of 2·Φ(X) [R,D] float32 for the image's whole block of 2·clean_rows
+// rows, whose first `clean_rows` are the clean tokens and the rest the noisy ones (the whole
+// block, or either half of it: the terms are per row, over the token count); text_features [2,D]
+// (t+, t−). The loss returned is these rows' share of it. On the CPU one pass over the rows (the
+// libtorch version's two dozen ops over [R,2] and [R,D] tensors took a third of a float32 step,
 // docs/performance.md); elsewhere AdapterLossGradientOps.
-AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows);
+AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows,
+                                int64_t first_row = 0);
 
 // The same with libtorch's ops, on any device.
-AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows);
+AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows,
+                                   int64_t first_row = 0);
 
-// Back through the gate G = tanh(A) [R,2N]: ∂loss/∂A = ∂loss/∂G ⊙ (1 − G²) and its column sums
-// (∂loss/∂b). ∂loss/∂A is written in bfloat16 where `d_preactivation_dtype` asks for it (for a
-// bfloat16 product: no conversion pass), else in the inputs' dtype; ∂loss/∂b in the inputs'
-// dtype. On the CPU one pass for float32 inputs (tanh_backward and sum were two); elsewhere
-// libtorch's ops.
-struct GateGradient {
-  at::Tensor d_preactivation;  // [R,2N]
-  at::Tensor d_bias;           // [2N] float32
-};
-GateGradient BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate,
-                             at::ScalarType d_preactivation_dtype = at::kFloat);
+// Back through the gate G = tanh(A) [R,2N]: writes ∂loss/∂A = ∂loss/∂G ⊙ (1 − G²) into
+// `d_preactivation` ([R,2N], float32, or bfloat16 for a bfloat16 product: no conversion pass) and
+// returns its column sums ∂loss/∂b, summed in float32. On the CPU one pass for float32 inputs and
+// a dense output (tanh_backward and sum were two); elsewhere libtorch's ops.
+at::Tensor BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, const at::Tensor& d_preactivation);
 
 // The noisy tokens of a step: noisy = patches + noise, and its rows normalised as F::normalize
 // does (lengths clamped at 1e-12), written into the two [M,D] outputs, and the normalised rows

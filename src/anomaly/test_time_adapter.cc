@@ -219,9 +219,9 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   const auto compute = options_.compute_dtype;
   TORCH_CHECK(compute != at::kChar || patches.device().is_cpu(), "int8 adaptation runs on the CPU");
   // The weight's gradient, norm(X)ᵀ-weighted sums of ∂/∂A, stays out of int8, in bfloat16 where
-  // oneDNN multiplies it natively: the clean rows of norm(X) round the same way at every step,
-  // which biases each step's gradient alike, and AdamW, which moves each element by about lr
-  // whatever its gradient's size, made that a different adaptation (docs/performance.md).
+  // oneDNN multiplies it natively: norm(X) rounded to int8 left errors in the gradient's small
+  // elements, and AdamW, which moves each element by about lr whatever its gradient's size, made
+  // that a different adaptation (docs/performance.md).
   const bool native_bfloat16 =
       model::CurrentGemmLibrary() == model::GemmLibrary::kOneDnn && model::onednn::HasNativeBfloat16();
   const auto weight_gradient_compute =
@@ -235,53 +235,78 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   const bool int8 = compute == at::kChar;
   float weight_largest = int8 ? LargestMagnitude(weight) : 0;  // then each update's own
 
-  // Clean and noisy tokens go through the adapter as one [2M,D] block (half the product calls):
-  // the clean half and its normalised rows are written once, the noisy half at every step.
+  // The clean and noisy tokens are one [2M,D] block X, whose halves go through the adapter apart
+  // within a step (every term of the loss sees only its own row) and meet in the weight's
+  // gradient, one product over the whole block. The clean half and its normalised rows are written
+  // once, the noisy half at every step.
   const auto x = at::empty({2 * tokens, dim}, options), normalized = at::empty({2 * tokens, dim}, options);
-  auto noisy = x.narrow(0, tokens, tokens), noisy_normalized = normalized.narrow(0, tokens, tokens);
-  auto clean_normalized = normalized.narrow(0, 0, tokens);
   x.narrow(0, 0, tokens).copy_(patches);
+  auto clean_normalized = normalized.narrow(0, 0, tokens);
   at::div_out(clean_normalized, patches, RowNorms(patches));
-  const float clean_largest = int8 ? LargestMagnitude(clean_normalized) : 0;
   // norm(X) in bfloat16 where a product takes it so: the clean half converted once, the noisy
   // half written by the pass that writes its float32 rows.
-  at::Tensor normalized_bfloat16, noisy_normalized_bfloat16;
+  at::Tensor normalized_bfloat16;
   if (compute == at::kBFloat16 || weight_gradient_compute == at::kBFloat16) {
     normalized_bfloat16 = at::empty({2 * tokens, dim}, options.dtype(at::kBFloat16));
     normalized_bfloat16.narrow(0, 0, tokens).copy_(model::ConvertForProduct(clean_normalized, at::kBFloat16));
-    noisy_normalized_bfloat16 = normalized_bfloat16.narrow(0, tokens, tokens);
   }
-  const auto normalized_in = [&](at::ScalarType dtype, float largest) {
-    return dtype == at::kBFloat16 ? Operand{normalized_bfloat16} : ForProduct(normalized, dtype, largest);
+  // Rows first..first+count of norm(X) in `dtype` (int8 at `largest`).
+  const auto normalized_in = [&](at::ScalarType dtype, int64_t first, int64_t count, float largest) {
+    return dtype == at::kBFloat16 ? Operand{normalized_bfloat16.narrow(0, first, count)}
+                                  : ForProduct(normalized.narrow(0, first, count), dtype, largest);
   };
+  const float clean_largest = int8 ? LargestMagnitude(clean_normalized) : 0;
+  const Operand clean_compute = normalized_in(compute, 0, tokens, clean_largest);
+  // ∂loss/∂A for the whole block, each half writing its rows, in the weight gradient's dtype.
+  const auto d_preactivation = at::empty(
+      {2 * tokens, rows}, options.dtype(weight_gradient_compute == at::kBFloat16 ? at::kBFloat16 : patches.scalar_type()));
+  float half_losses[2] = {};
+  at::Tensor half_d_bias[2];
   for (int step = 0; step < options_.steps; ++step) {
-    const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
-                                      : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
-    const float noisy_largest =
-        AddNoiseAndNormalize(patches, delta, noisy, noisy_normalized, noisy_normalized_bfloat16);
-    // norm(X) in the products' dtype once for the forward and the backward products.
-    const float normalized_largest = std::max(clean_largest, noisy_largest);
-    const Operand normalized_compute = normalized_in(compute, normalized_largest);
-    const Forward f =
-        AdapterForward(x, normalized_compute, ForProduct(weight, compute, weight_largest), bias, prompts_compute, compute);
-    const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens);
-    losses.push_back(g.loss.item<float>());
+    const Operand weight_compute = ForProduct(weight, compute, weight_largest);
+    // One half's forward pass, loss and way back to ∂loss/∂A (its rows) and its share of ∂loss/∂b.
+    const auto adapt_half = [&](int half) {
+      const int64_t first = half * tokens;
+      Operand normalized_compute = clean_compute;
+      if (half == 1) {
+        const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
+                                          : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
+        const float noisy_largest = AddNoiseAndNormalize(
+            patches, delta, x.narrow(0, first, tokens), normalized.narrow(0, first, tokens),
+            normalized_bfloat16.defined() ? normalized_bfloat16.narrow(0, first, tokens) : at::Tensor());
+        normalized_compute = normalized_in(compute, first, tokens, noisy_largest);
+      }
+      const Forward f = AdapterForward(x.narrow(0, first, tokens), normalized_compute, weight_compute, bias,
+                                       prompts_compute, compute);
+      const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens, first);
+      half_losses[half] = g.loss.item<float>();
+      const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
+      half_d_bias[half] = BackThroughGate(d_gate, f.gate, d_preactivation.narrow(0, first, tokens));
+    };
+    // On the CPU one half per thread where the image has two (at batch 1): a half's [M×D]-sized
+    // products on one thread ran about 10% faster than the block's on two, which wait on each
+    // other at every product; else (within a batch's round, or on one thread) in turn.
+    if (patches.device().is_cpu()) {
+      at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {
+        at::NoGradGuard thread_no_grad;  // grad mode is per thread
+        for (int64_t half = first; half < last; ++half) adapt_half(static_cast<int>(half));
+      });
+    } else {
+      adapt_half(0);
+      adapt_half(1);
+    }
+    losses.push_back(half_losses[0] + half_losses[1]);
 
-    // Back through the adapter to W and b.
-    const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
-    const GateGradient back = BackThroughGate(
-        d_gate, f.gate, weight_gradient_compute == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
-    // dW = d_preactivationᵀ·norm(X): the transposes are views, read through their strides.
-    const Operand normalized_for_weight = weight_gradient_compute == compute
-                                              ? normalized_compute
-                                              : normalized_in(weight_gradient_compute, normalized_largest);
-    const auto d_weight = Product(ForProduct(back.d_preactivation, weight_gradient_compute).t(),
-                                  normalized_for_weight.t(), {}, {});
+    // dW = d_preactivationᵀ·norm(X) over both halves: the transposes are views, read through
+    // their strides.
+    const Operand normalized_for_weight = normalized_in(weight_gradient_compute, 0, 2 * tokens, 0);
+    const auto d_weight =
+        Product(ForProduct(d_preactivation, weight_gradient_compute).t(), normalized_for_weight.t(), {}, {});
     weight_largest = weight_optimizer.Step(d_weight);
-    bias_optimizer.Step(back.d_bias);
+    bias_optimizer.Step(half_d_bias[0] + half_d_bias[1]);
   }
-  const auto clean = AdapterForward(patches, ForProduct(clean_normalized, compute, clean_largest),
-                                    ForProduct(weight, compute, weight_largest), bias, prompts_compute, compute);
+  const auto clean = AdapterForward(patches, clean_compute, ForProduct(weight, compute, weight_largest), bias,
+                                    prompts_compute, compute);
   return Probabilities(clean.doubled, text_features).select(1, 1);
 }
 

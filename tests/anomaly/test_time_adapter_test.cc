@@ -101,6 +101,20 @@ TEST(AdapterLossTest, OnePassOverTheRowsEqualsLibtorchsOps) {
   EXPECT_GT(ops.d_doubled.abs().max().item<float>(), 1e-4);  // a gradient worth comparing
   EXPECT_EQ(fused.d_doubled_largest, fused.d_doubled.abs().max().item<float>());
   EXPECT_EQ(ops.d_doubled_largest, ops.d_doubled.abs().max().item<float>());
+  // Each half on its own (first_row): its rows of the whole block's gradient, the two losses
+  // adding up to the whole's; both paths. A block cut inside the clean rows too.
+  for (const int64_t first : {int64_t{0}, clean, int64_t{20}}) {
+    const int64_t count = first == 20 ? 30 : clean;
+    const auto rows = doubled.narrow(0, first, count);
+    const AdapterLoss part = AdapterLossGradient(rows, text, clean, first);
+    const AdapterLoss part_ops = AdapterLossGradientOps(rows, text, clean, first);
+    EXPECT_TRUE(torch::allclose(part.d_doubled, fused.d_doubled.narrow(0, first, count), 1e-6, 1e-8)) << first;
+    EXPECT_TRUE(torch::allclose(part_ops.d_doubled, fused.d_doubled.narrow(0, first, count), 1e-5, 1e-7)) << first;
+    EXPECT_NEAR(part.loss.item<float>(), part_ops.loss.item<float>(), 1e-6) << first;
+  }
+  const float halves = AdapterLossGradient(doubled.narrow(0, 0, clean), text, clean, 0).loss.item<float>() +
+                       AdapterLossGradient(doubled.narrow(0, clean, clean), text, clean, clean).loss.item<float>();
+  EXPECT_NEAR(halves, fused.loss.item<float>(), 1e-5);
 }
 
 // The gate's backward pass and the noisy rows in one pass on the CPU against libtorch's ops; their
@@ -109,21 +123,33 @@ TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
   torch::manual_seed(26);
   const int64_t rows = 37, columns = 45;  // 37 rows: three blocks, the last one short
   const auto gate = torch::tanh(torch::randn({rows, columns})), d_gate = torch::randn({rows, columns});
-  const GateGradient fused = BackThroughGate(d_gate, gate);
+  auto d_preactivation = torch::empty({rows, columns});
+  const auto d_bias = BackThroughGate(d_gate, gate, d_preactivation);
   const auto want = at::tanh_backward(d_gate, gate);
-  EXPECT_TRUE(torch::allclose(fused.d_preactivation, want, 1e-6, 1e-7));
-  EXPECT_TRUE(torch::allclose(fused.d_bias, want.sum(0), 1e-5, 1e-6));
-  const auto half_gate = gate.to(torch::kBFloat16), half_d_gate = d_gate.to(torch::kBFloat16);
-  const GateGradient ops = BackThroughGate(half_d_gate, half_gate);
-  EXPECT_TRUE(torch::equal(ops.d_preactivation, at::tanh_backward(half_d_gate, half_gate)));
-  EXPECT_TRUE(torch::equal(ops.d_bias, ops.d_preactivation.sum(0)));
+  EXPECT_TRUE(torch::allclose(d_preactivation, want, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(d_bias, want.sum(0), 1e-5, 1e-6));
   // Written in bfloat16 for a bfloat16 product: the float32 values rounded to nearest even, as a
   // conversion rounds them, ∂/∂b still summed in float32.
-  const GateGradient low = BackThroughGate(d_gate, gate, torch::kBFloat16);
-  ASSERT_EQ(low.d_preactivation.scalar_type(), torch::kBFloat16);
-  EXPECT_TRUE(torch::equal(low.d_preactivation, fused.d_preactivation.to(torch::kBFloat16)));
-  EXPECT_TRUE(torch::allclose(low.d_bias, fused.d_bias, 1e-6, 1e-7));  // the same sums, up to contraction
-  EXPECT_THROW(BackThroughGate(d_gate, gate, torch::kChar), c10::Error);
+  auto low = torch::empty({rows, columns}, torch::kBFloat16);
+  const auto low_d_bias = BackThroughGate(d_gate, gate, low);
+  EXPECT_TRUE(torch::equal(low, d_preactivation.to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::allclose(low_d_bias, d_bias, 1e-6, 1e-7));  // the same sums, up to contraction
+  // Into rows of a larger tensor (a half of the adapter's block), and through libtorch's ops for
+  // bfloat16 inputs and a strided output.
+  auto block = torch::zeros({2 * rows, columns});
+  BackThroughGate(d_gate, gate, block.narrow(0, rows, rows));
+  EXPECT_TRUE(torch::equal(block.narrow(0, rows, rows), d_preactivation));
+  EXPECT_EQ(block.narrow(0, 0, rows).abs().max().item<float>(), 0.0f);
+  const auto half_gate = gate.to(torch::kBFloat16), half_d_gate = d_gate.to(torch::kBFloat16);
+  auto ops = torch::empty({rows, columns}, torch::kBFloat16);
+  const auto ops_d_bias = BackThroughGate(half_d_gate, half_gate, ops);
+  EXPECT_TRUE(torch::equal(ops, at::tanh_backward(half_d_gate, half_gate)));
+  EXPECT_TRUE(torch::allclose(ops_d_bias, ops.to(torch::kFloat).sum(0), 1e-6, 1e-6));
+  auto strided_out = torch::empty({columns, rows}).t();
+  BackThroughGate(d_gate, gate, strided_out);
+  EXPECT_TRUE(torch::allclose(strided_out, want, 1e-6, 1e-7));
+  auto wrong = torch::empty({rows, columns}, torch::kChar);
+  EXPECT_THROW(BackThroughGate(d_gate, gate, wrong), c10::Error);
 
   const auto patches = torch::randn({rows, columns}) * 3, noise = torch::randn({rows, columns}) * 0.05;
   const auto expected = patches + noise;
