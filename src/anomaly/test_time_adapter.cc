@@ -257,9 +257,12 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   };
   const float clean_largest = int8 ? LargestMagnitude(clean_normalized) : 0;
   const Operand clean_compute = normalized_in(compute, 0, tokens, clean_largest);
-  // ∂loss/∂A for the whole block, each half writing its rows, in the weight gradient's dtype.
-  const auto d_preactivation = at::empty(
-      {2 * tokens, rows}, options.dtype(weight_gradient_compute == at::kBFloat16 ? at::kBFloat16 : patches.scalar_type()));
+  // ∂loss/∂A for the whole block, each half writing its rows, in the weight gradient's dtype; with
+  // norm(X) in that dtype, the operands of dW = d_preactivationᵀ·norm(X), whose transposes are
+  // views read through their strides.
+  const auto d_preactivation = at::empty({2 * tokens, rows}, options.dtype(weight_gradient_compute));
+  const Operand d_preactivation_t = Operand{d_preactivation}.t();
+  const Operand normalized_for_weight_t = normalized_in(weight_gradient_compute, 0, 2 * tokens, 0).t();
   float half_losses[2] = {};
   at::Tensor half_d_bias[2];
   for (int step = 0; step < options_.steps; ++step) {
@@ -297,12 +300,8 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     }
     losses.push_back(half_losses[0] + half_losses[1]);
 
-    // dW = d_preactivationᵀ·norm(X) over both halves: the transposes are views, read through
-    // their strides.
-    const Operand normalized_for_weight = normalized_in(weight_gradient_compute, 0, 2 * tokens, 0);
-    const auto d_weight =
-        Product(ForProduct(d_preactivation, weight_gradient_compute).t(), normalized_for_weight.t(), {}, {});
-    weight_largest = weight_optimizer.Step(d_weight);
+    // dW over both halves.
+    weight_largest = weight_optimizer.Step(Product(d_preactivation_t, normalized_for_weight_t, {}, {}));
     bias_optimizer.Step(half_d_bias[0] + half_d_bias[1]);
   }
   const auto clean = AdapterForward(patches, clean_compute, ForProduct(weight, compute, weight_largest), bias,
