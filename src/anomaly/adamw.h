@@ -17,15 +17,17 @@ struct AdamWSettings {
 
 class AdamW {
  public:
-  // Updates `parameter` in place; its moments start at zero.
-  AdamW(at::Tensor parameter, const AdamWSettings& settings);
+  // Updates `parameter` in place; its moments start at zero. Where `initial` is given, the
+  // parameter starts from its values instead (the first step reads them and writes the
+  // parameter, which may be uninitialised until then): no copy of them beforehand.
+  AdamW(at::Tensor parameter, const AdamWSettings& settings, at::Tensor initial = {});
 
   // One update from `gradient` (the parameter's shape). Returns the largest magnitude of the
   // updated parameter, the scale of its int8 copy (on the CPU from the update's own pass).
   float Step(const at::Tensor& gradient);
 
  private:
-  at::Tensor parameter_, exp_avg_, exp_avg_sq_;
+  at::Tensor parameter_, initial_, exp_avg_, exp_avg_sq_;  // the moments allocated by the first step
   AdamWSettings settings_;
   int steps_ = 0;
 };

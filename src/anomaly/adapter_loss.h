@@ -33,6 +33,11 @@ AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& tex
 AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows,
                                    int64_t first_row = 0);
 
+// prob(X)'s abnormal column [R] from the rows of 2·Φ(X) [R,D] and text_features [2,D]: softmax
+// over each normalised row's two logits. On the CPU one pass over the rows, with the loss's
+// reductions; elsewhere libtorch's ops.
+at::Tensor AbnormalProbabilities(const at::Tensor& doubled, const at::Tensor& text_features);
+
 // Back through the gate G = tanh(A) [R,2N]: writes ∂loss/∂A = ∂loss/∂G ⊙ (1 − G²) into
 // `d_preactivation` ([R,2N], float32, or bfloat16 for a bfloat16 product: no conversion pass) and
 // returns its column sums ∂loss/∂b, summed in float32. On the CPU one pass for float32 inputs and

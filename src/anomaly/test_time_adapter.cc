@@ -74,11 +74,6 @@ Forward AdapterForward(const at::Tensor& x, const Operand& normalized, const Ope
   return f;
 }
 
-// prob(X) [R,2] (normal, abnormal) from the rows of 2·Φ(X) and t [2,D].
-at::Tensor Probabilities(const at::Tensor& doubled, const at::Tensor& text_features) {
-  return at::softmax(at::matmul(doubled / RowNorms(doubled), text_features.t()), -1);
-}
-
 }  // namespace
 
 at::Tensor DrawTtaNoise(uint64_t seed, int step, double sigma, at::IntArrayRef shape) {
@@ -207,8 +202,9 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
 
   at::Tensor weight, bias;
-  if (options_.init == TtaInit::kText) {
-    weight = prompts.clone();
+  const bool from_text = options_.init == TtaInit::kText;
+  if (from_text) {
+    weight = at::empty({rows, dim}, options);  // written by the first step, from the prompts
     bias = at::zeros({rows}, options);
   } else {
     // nn.Linear's default: kaiming_uniform(a=√5) and a bias of the same bound, both 1/√fan_in.
@@ -230,10 +226,10 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   const Operand prompts_compute = ForProduct(prompts, compute);
   AdamWSettings settings;
   settings.lr = options_.lr;
-  AdamW weight_optimizer(weight, settings), bias_optimizer(bias, settings);
+  AdamW weight_optimizer(weight, settings, from_text ? prompts : at::Tensor()), bias_optimizer(bias, settings);
   // The largest magnitudes scale the int8 operands; the other dtypes need none.
   const bool int8 = compute == at::kChar;
-  float weight_largest = int8 ? LargestMagnitude(weight) : 0;  // then each update's own
+  float weight_largest = int8 && !from_text ? LargestMagnitude(weight) : 0;  // then each update's own
 
   // The clean and noisy tokens are one [2M,D] block X, whose halves go through the adapter apart
   // within a step (every term of the loss sees only its own row) and meet in the weight's
@@ -266,7 +262,9 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   float half_losses[2] = {};
   at::Tensor half_d_bias[2];
   for (int step = 0; step < options_.steps; ++step) {
-    const Operand weight_compute = ForProduct(weight, compute, weight_largest);
+    // W starts as T, whose operand is at hand.
+    const Operand weight_compute =
+        step == 0 && from_text ? prompts_compute : ForProduct(weight, compute, weight_largest);
     // One half's forward pass, loss and way back to ∂loss/∂A (its rows) and its share of ∂loss/∂b.
     const auto adapt_half = [&](int half) {
       const int64_t first = half * tokens;
@@ -304,9 +302,28 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     weight_largest = weight_optimizer.Step(Product(d_preactivation_t, normalized_for_weight_t, {}, {}));
     bias_optimizer.Step(half_d_bias[0] + half_d_bias[1]);
   }
-  const auto clean = AdapterForward(patches, clean_compute, ForProduct(weight, compute, weight_largest), bias,
-                                    prompts_compute, compute);
-  return Probabilities(clean.doubled, text_features).select(1, 1);
+  // prob(P) with the adapted W and b, the clean rows in two parts as a step's halves run: one per
+  // thread at batch 1.
+  const Operand adapted_weight = ForProduct(weight, compute, weight_largest);
+  auto probabilities = at::empty({tokens}, options);
+  const int64_t part_rows = (tokens + 1) / 2;
+  const auto adapted_part = [&](int64_t part) {
+    const int64_t first = part * part_rows, count = std::min(part_rows, tokens - first);
+    if (count <= 0) return;
+    const Operand rows{clean_compute.values.narrow(0, first, count), clean_compute.int8_scale};
+    const Forward f = AdapterForward(patches.narrow(0, first, count), rows, adapted_weight, bias, prompts_compute, compute);
+    probabilities.narrow(0, first, count).copy_(AbnormalProbabilities(f.doubled, text_features));
+  };
+  if (patches.device().is_cpu()) {
+    at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {
+      at::NoGradGuard thread_no_grad;
+      for (int64_t part = first; part < last; ++part) adapted_part(part);
+    });
+  } else {
+    adapted_part(0);
+    adapted_part(1);
+  }
+  return probabilities;
 }
 
 }  // namespace anoclip::anomaly

@@ -117,6 +117,23 @@ TEST(AdapterLossTest, OnePassOverTheRowsEqualsLibtorchsOps) {
   EXPECT_NEAR(halves, fused.loss.item<float>(), 1e-5);
 }
 
+// The abnormal probabilities of the rows of 2·Φ(X) in one pass against libtorch's softmax, and
+// through the ops path (a CPU tensor the pass does not take: bfloat16).
+TEST(AdapterLossTest, AbnormalProbabilitiesEqualLibtorchsSoftmax) {
+  torch::manual_seed(27);
+  const int64_t rows = 37, dim = 45;
+  const auto doubled = torch::randn({rows, dim}) * torch::rand({rows, 1}) * 10;
+  const auto text = Normalize(torch::randn({2, dim})) * 20;  // logits large enough to saturate some rows
+  const auto want = torch::softmax(torch::matmul(Normalize(doubled), text.t()), -1).select(1, 1);
+  const auto probabilities = AbnormalProbabilities(doubled, text);
+  ASSERT_EQ(probabilities.sizes(), (std::vector<int64_t>{rows}));
+  EXPECT_TRUE(torch::allclose(probabilities, want, 1e-5, 1e-7)) << (probabilities - want).abs().max().item<float>();
+  EXPECT_GT((want - 0.5).abs().max().item<float>(), 0.4);  // both states well apart in some rows
+  const auto low = doubled.to(torch::kBFloat16).to(torch::kFloat);
+  EXPECT_TRUE(torch::allclose(AbnormalProbabilities(low.to(torch::kBFloat16), text.to(torch::kBFloat16)).to(torch::kFloat),
+                              AbnormalProbabilities(low, text), 2e-2, 1e-3));
+}
+
 // The gate's backward pass and the noisy rows in one pass on the CPU against libtorch's ops; their
 // ops paths reached through CPU tensors the passes do not take (bfloat16, a strided output).
 TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
@@ -247,7 +264,12 @@ TEST(AdamWTest, BothPathsMatchLibtorch) {
   auto fused = start.clone();
   auto strided = start.t().contiguous().t();  // same values, column-major
   ASSERT_FALSE(strided.is_contiguous());
+  // Starting from values held elsewhere: the parameter's own are never read (NaN here), nor are
+  // the initial values written.
+  auto from_initial = torch::full({37, 29}, NAN), strided_from_initial = torch::full({29, 37}, NAN).t();
+  const auto initial = start.clone();
   AdamW fused_optimizer(fused, settings), strided_optimizer(strided, settings);
+  AdamW initial_optimizer(from_initial, settings, initial), strided_initial_optimizer(strided_from_initial, settings, initial);
   for (const auto& gradient : gradients) {
     want.mutable_grad() = gradient.clone();
     reference.step();
@@ -255,10 +277,16 @@ TEST(AdamWTest, BothPathsMatchLibtorch) {
     const float fused_largest = fused_optimizer.Step(gradient), strided_largest = strided_optimizer.Step(gradient);
     EXPECT_EQ(fused_largest, fused.abs().max().item<float>());
     EXPECT_EQ(strided_largest, strided.abs().max().item<float>());
+    EXPECT_EQ(initial_optimizer.Step(gradient), fused_largest);
+    strided_initial_optimizer.Step(gradient);
+    EXPECT_TRUE(torch::equal(from_initial, fused));
+    EXPECT_TRUE(torch::equal(strided_from_initial, strided));
   }
+  EXPECT_TRUE(torch::equal(initial, start));
   EXPECT_GT((want.detach() - start).abs().max().item<float>(), 0.1);  // the steps moved it
   EXPECT_LT((fused - want.detach()).abs().max().item<float>(), 1e-6);
   EXPECT_LT((strided - want.detach()).abs().max().item<float>(), 1e-6);
+  EXPECT_THROW(AdamW(torch::empty({3, 4}), settings, torch::zeros({4, 3})), c10::Error);
 }
 
 // The noise: N(0, σ²), the same draws on one thread as on two, fresh for every step, seed and
