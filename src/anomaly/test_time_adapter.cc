@@ -233,18 +233,24 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
 
   // The clean and noisy tokens are one [2M,D] block X, whose halves go through the adapter apart
   // within a step (every term of the loss sees only its own row) and meet in the weight's
-  // gradient, one product over the whole block. The clean half and its normalised rows are written
-  // once, the noisy half at every step.
-  const auto x = at::empty({2 * tokens, dim}, options), normalized = at::empty({2 * tokens, dim}, options);
-  x.narrow(0, 0, tokens).copy_(patches);
-  auto clean_normalized = normalized.narrow(0, 0, tokens);
+  // gradient, one product over the whole block. The clean rows and their normalised rows are
+  // written once. The noisy rows of a step are written while the step before is still in use
+  // (below), so they alternate between two places around the clean rows: rows [M,3M) of the
+  // buffers below are the block at even steps, rows [0,2M) at odd ones (the order of a block's
+  // rows does not matter to the weight's gradient, a sum over them).
+  const int64_t clean_row = tokens;
+  const auto noisy_row = [&](int step) { return step % 2 == 0 ? 2 * tokens : int64_t{0}; };
+  const auto block_row = [&](int step) { return step % 2 == 0 ? tokens : int64_t{0}; };
+  const auto x = at::empty({3 * tokens, dim}, options), normalized = at::empty({3 * tokens, dim}, options);
+  x.narrow(0, clean_row, tokens).copy_(patches);
+  auto clean_normalized = normalized.narrow(0, clean_row, tokens);
   at::div_out(clean_normalized, patches, RowNorms(patches));
-  // norm(X) in bfloat16 where a product takes it so: the clean half converted once, the noisy
-  // half written by the pass that writes its float32 rows.
+  // norm(X) in bfloat16 where a product takes it so: the clean rows converted once, the noisy
+  // rows written by the pass that writes their float32 rows.
   at::Tensor normalized_bfloat16;
   if (compute == at::kBFloat16 || weight_gradient_compute == at::kBFloat16) {
-    normalized_bfloat16 = at::empty({2 * tokens, dim}, options.dtype(at::kBFloat16));
-    normalized_bfloat16.narrow(0, 0, tokens).copy_(model::ConvertForProduct(clean_normalized, at::kBFloat16));
+    normalized_bfloat16 = at::empty({3 * tokens, dim}, options.dtype(at::kBFloat16));
+    normalized_bfloat16.narrow(0, clean_row, tokens).copy_(model::ConvertForProduct(clean_normalized, at::kBFloat16));
   }
   // Rows first..first+count of norm(X) in `dtype` (int8 at `largest`).
   const auto normalized_in = [&](at::ScalarType dtype, int64_t first, int64_t count, float largest) {
@@ -252,13 +258,37 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
                                   : ForProduct(normalized.narrow(0, first, count), dtype, largest);
   };
   const float clean_largest = int8 ? LargestMagnitude(clean_normalized) : 0;
-  const Operand clean_compute = normalized_in(compute, 0, tokens, clean_largest);
-  // ∂loss/∂A for the whole block, each half writing its rows, in the weight gradient's dtype; with
-  // norm(X) in that dtype, the operands of dW = d_preactivationᵀ·norm(X), whose transposes are
-  // views read through their strides.
-  const auto d_preactivation = at::empty({2 * tokens, rows}, options.dtype(weight_gradient_compute));
-  const Operand d_preactivation_t = Operand{d_preactivation}.t();
-  const Operand normalized_for_weight_t = normalized_in(weight_gradient_compute, 0, 2 * tokens, 0).t();
+  const Operand clean_compute = normalized_in(compute, clean_row, tokens, clean_largest);
+  // ∂loss/∂A, each half writing its rows where its norm(X) rows lie, in the weight gradient's
+  // dtype; with norm(X) in that dtype, the operands of dW = d_preactivationᵀ·norm(X) for each of
+  // the two blocks, whose transposes are views read through their strides.
+  const auto d_preactivation = at::empty({3 * tokens, rows}, options.dtype(weight_gradient_compute));
+  Operand d_preactivation_t[2], normalized_for_weight_t[2];
+  for (int parity = 0; parity < 2; ++parity) {
+    d_preactivation_t[parity] = Operand{d_preactivation.narrow(0, block_row(parity), 2 * tokens)}.t();
+    normalized_for_weight_t[parity] = normalized_in(weight_gradient_compute, block_row(parity), 2 * tokens, 0).t();
+  }
+
+  // A step's noisy rows: noise added to rows first..first+count of P and normalised, written where
+  // that step's noisy rows lie; returns the largest magnitude written. The rows are split between
+  // the halves: the clean half, the shorter, writes the first part of the next step's while the
+  // noisy half still works on its own (at batch 1 they are on two threads, which otherwise waited
+  // on the noisy half about 0.2 ms per step), and the noisy half the rest before it starts.
+  at::Tensor noise[2];  // δ of the step being prepared, by parity
+  const auto prepare_noisy_rows = [&](int step, int64_t first, int64_t count) {
+    if (count == 0) return 0.0f;
+    const int64_t row = noisy_row(step) + first;
+    return AddNoiseAndNormalize(
+        patches.narrow(0, first, count), noise[step % 2].narrow(0, first, count), x.narrow(0, row, count),
+        normalized.narrow(0, row, count),
+        normalized_bfloat16.defined() ? normalized_bfloat16.narrow(0, row, count) : at::Tensor());
+  };
+  const auto draw_noise = [&](int step) {
+    noise[step % 2] = options_.noise ? options_.noise(step, image, {tokens, dim})
+                                     : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
+  };
+  const int64_t noisy_rows_first_part = tokens / 2;  // written by the clean half, from the second step
+  float noisy_first_part_largest[2] = {};  // by parity, as the halves may run in turn
   float half_losses[2] = {};
   at::Tensor half_d_bias[2];
   for (int step = 0; step < options_.steps; ++step) {
@@ -267,22 +297,29 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
         step == 0 && from_text ? prompts_compute : ForProduct(weight, compute, weight_largest);
     // One half's forward pass, loss and way back to ∂loss/∂A (its rows) and its share of ∂loss/∂b.
     const auto adapt_half = [&](int half) {
-      const int64_t first = half * tokens;
+      const int64_t row = half == 0 ? clean_row : noisy_row(step);
       Operand normalized_compute = clean_compute;
       if (half == 1) {
-        const auto delta = options_.noise ? options_.noise(step, image, {tokens, dim})
-                                          : CachedTtaNoise(options_.seed, step, options_.sigma, {tokens, dim});
-        const float noisy_largest = AddNoiseAndNormalize(
-            patches, delta, x.narrow(0, first, tokens), normalized.narrow(0, first, tokens),
-            normalized_bfloat16.defined() ? normalized_bfloat16.narrow(0, first, tokens) : at::Tensor());
-        normalized_compute = normalized_in(compute, first, tokens, noisy_largest);
+        float noisy_largest;
+        if (step == 0) {
+          draw_noise(0);
+          noisy_largest = prepare_noisy_rows(0, 0, tokens);
+        } else {
+          noisy_largest = std::max(noisy_first_part_largest[step % 2],
+                                   prepare_noisy_rows(step, noisy_rows_first_part, tokens - noisy_rows_first_part));
+        }
+        normalized_compute = normalized_in(compute, row, tokens, noisy_largest);
       }
-      const Forward f = AdapterForward(x.narrow(0, first, tokens), normalized_compute, weight_compute, bias,
+      const Forward f = AdapterForward(x.narrow(0, row, tokens), normalized_compute, weight_compute, bias,
                                        prompts_compute, compute);
-      const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens, first);
+      const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens, half * tokens);
       half_losses[half] = g.loss.item<float>();
       const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
-      half_d_bias[half] = BackThroughGate(d_gate, f.gate, d_preactivation.narrow(0, first, tokens));
+      half_d_bias[half] = BackThroughGate(d_gate, f.gate, d_preactivation.narrow(0, row, tokens));
+      if (half == 0 && step + 1 < options_.steps) {
+        draw_noise(step + 1);
+        noisy_first_part_largest[(step + 1) % 2] = prepare_noisy_rows(step + 1, 0, noisy_rows_first_part);
+      }
     };
     // On the CPU one half per thread where the image has two (at batch 1): a half's [M×D]-sized
     // products on one thread ran about 10% faster than the block's on two, which wait on each
@@ -299,7 +336,8 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     losses.push_back(half_losses[0] + half_losses[1]);
 
     // dW over both halves.
-    weight_largest = weight_optimizer.Step(Product(d_preactivation_t, normalized_for_weight_t, {}, {}));
+    weight_largest =
+        weight_optimizer.Step(Product(d_preactivation_t[step % 2], normalized_for_weight_t[step % 2], {}, {}));
     bias_optimizer.Step(half_d_bias[0] + half_d_bias[1]);
   }
   // prob(P) with the adapted W and b, the clean rows in two parts as a step's halves run: one per
