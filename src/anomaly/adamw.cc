@@ -49,6 +49,15 @@ ANOCLIP_VECTOR_CLONES float FirstUpdateSlice(int64_t n, const Coefficients c, co
   return UpdateSliceBody<true>(n, c, source, param, grad, exp_avg, exp_avg_sq);
 }
 
+// The larger of two magnitudes, a NaN above all (MagnitudeBits).
+float LargerMagnitude(float a, float b) { return FromMagnitudeBits(std::max(MagnitudeBits(a), MagnitudeBits(b))); }
+
+// One row rounded to int8 at `inverse` = 127 / its largest magnitude, to nearest even as oneDNN's
+// reorder rounds.
+ANOCLIP_VECTOR_CLONES void RoundRow(const float* values, int64_t n, float inverse, int8_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int8_t>(std::nearbyint(values[i] * inverse));
+}
+
 }  // namespace
 
 AdamW::AdamW(at::Tensor parameter, const AdamWSettings& settings, at::Tensor initial)
@@ -57,7 +66,16 @@ AdamW::AdamW(at::Tensor parameter, const AdamWSettings& settings, at::Tensor ini
               "AdamW's initial values must have the parameter's shape");
 }
 
-float AdamW::Step(const at::Tensor& gradient) {
+float AdamW::Step(const at::Tensor& gradient) { return Step(gradient, {}, {}); }
+
+float AdamW::Step(const at::Tensor& gradient, const at::Tensor& rows_int8, const at::Tensor& row_scales) {
+  const bool with_int8 = rows_int8.defined();
+  TORCH_CHECK(!with_int8 || (parameter_.dim() == 2 && parameter_.device().is_cpu() &&
+                             parameter_.scalar_type() == at::kFloat && parameter_.is_contiguous() &&
+                             rows_int8.sizes() == parameter_.sizes() && rows_int8.scalar_type() == at::kChar &&
+                             rows_int8.is_contiguous() && row_scales.numel() == parameter_.size(0) &&
+                             row_scales.scalar_type() == at::kFloat && row_scales.is_contiguous()),
+              "AdamW rounds a contiguous 2-D float32 CPU parameter into contiguous int8 rows and float32 scales");
   const bool first = steps_++ == 0;
   const AdamWSettings& s = settings_;
   const double correction1 = 1 - std::pow(s.beta1, steps_), correction2 = 1 - std::pow(s.beta2, steps_);
@@ -81,19 +99,38 @@ float AdamW::Step(const at::Tensor& gradient) {
     const float* from = first ? source.data_ptr<float>() : nullptr;
     const float* g = grad.data_ptr<float>();
     float *m = exp_avg_.data_ptr<float>(), *v = exp_avg_sq_.data_ptr<float>();
-    constexpr int64_t kSlice = 16384;
+    // Slices of about 16384 elements, whole rows where the rows are rounded to int8.
     const int64_t n = parameter_.numel();
-    std::vector<float> slice_largest((n + kSlice - 1) / kSlice, 0.0f);
+    const int64_t row_length = with_int8 ? std::max<int64_t>(parameter_.size(1), 1) : 1;
+    const int64_t slice_elements = std::max<int64_t>(16384 / row_length, 1) * row_length;
+    std::vector<float> slice_largest((n + slice_elements - 1) / slice_elements, 0.0f);
+    int8_t* int8_data = with_int8 ? rows_int8.data_ptr<int8_t>() : nullptr;
+    float* scale_data = with_int8 ? row_scales.data_ptr<float>() : nullptr;
     at::parallel_for(0, static_cast<int64_t>(slice_largest.size()), 1, [&](int64_t first_slice, int64_t last_slice) {
       for (int64_t slice = first_slice; slice < last_slice; ++slice) {
-        const int64_t begin = slice * kSlice, count = std::min(kSlice, n - begin);
-        slice_largest[slice] =
-            first ? FirstUpdateSlice(count, c, from + begin, param + begin, g + begin, m + begin, v + begin)
-                  : UpdateSlice(count, c, param + begin, g + begin, m + begin, v + begin);
+        const int64_t slice_begin = slice * slice_elements, slice_end = std::min(n, slice_begin + slice_elements);
+        // One row at a time where they are rounded (the row is still in the cache for it), else
+        // the slice at once.
+        for (int64_t begin = slice_begin; begin < slice_end; begin += with_int8 ? row_length : slice_elements) {
+          const int64_t count = std::min(with_int8 ? row_length : slice_elements, slice_end - begin);
+          const float largest =
+              first ? FirstUpdateSlice(count, c, from + begin, param + begin, g + begin, m + begin, v + begin)
+                    : UpdateSlice(count, c, param + begin, g + begin, m + begin, v + begin);
+          slice_largest[slice] = LargerMagnitude(slice_largest[slice], largest);
+          if (with_int8) {
+            // As model::onednn::QuantizeInt8: a row of zeros gets scale 1, a NaN or infinity a
+            // NaN or infinite one, which the product then shows.
+            const float scale = largest == 0 ? 1.0f : largest / 127;
+            scale_data[begin / row_length] = scale;
+            RoundRow(param + begin, count, largest == 0 ? 0.0f : 127 / largest, int8_data + begin);
+          }
+        }
       }
     });
     initial_.reset();
-    return slice_largest.empty() ? 0.0f : *std::max_element(slice_largest.begin(), slice_largest.end());
+    float largest = 0;
+    for (const float slice : slice_largest) largest = LargerMagnitude(largest, slice);
+    return largest;
   }
   if (first) {
     exp_avg_ = at::zeros_like(parameter_);
@@ -101,6 +138,7 @@ float AdamW::Step(const at::Tensor& gradient) {
     if (initial_.defined()) parameter_.copy_(initial_);
     initial_.reset();
   }
+  TORCH_CHECK(!with_int8, "AdamW rounds to int8 only a contiguous float32 CPU parameter");
   // Elsewhere (a CUDA device), libtorch's ops in torch.optim.AdamW's order.
   parameter_.mul_(1 - s.lr * s.weight_decay);
   exp_avg_.mul_(s.beta1).add_(gradient, 1 - s.beta1);

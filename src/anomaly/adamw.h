@@ -26,6 +26,12 @@ class AdamW {
   // updated parameter, the scale of its int8 copy (on the CPU from the update's own pass).
   float Step(const at::Tensor& gradient);
 
+  // The same for a 2-D float32 parameter on the CPU, which the same pass also rounds to int8 row
+  // by row, as an int8 product reads it (model::onednn::Int8Matrix with row scales): into
+  // `rows_int8` ([R,C] int8, contiguous) at each row's largest magnitude / 127 (1 for a row of
+  // zeros), written into `row_scales` ([R] float32). No second pass over the parameter.
+  float Step(const at::Tensor& gradient, const at::Tensor& rows_int8, const at::Tensor& row_scales);
+
  private:
   at::Tensor parameter_, initial_, exp_avg_, exp_avg_sq_;  // the moments allocated by the first step
   AdamWSettings settings_;

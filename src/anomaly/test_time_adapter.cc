@@ -31,11 +31,15 @@ uint64_t SplitMix64(uint64_t x) {
 at::Tensor RowNorms(const at::Tensor& x) { return x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12); }
 
 // A product's operand in the products' dtype: a float32 or bfloat16 tensor, or an int8 matrix
-// with its scale (model::onednn::QuantizeInt8).
+// with its scale, or its rows' scales (model::onednn::Int8Matrix).
 struct Operand {
   at::Tensor values;
-  float int8_scale = 0;  // 0 unless int8
-  Operand t() const { return {values.t(), int8_scale}; }  // the transpose, a view
+  float int8_scale = 0;        // 0 unless int8
+  at::Tensor int8_row_scales;  // W's, from AdamW's pass
+  Operand t() const {  // the transpose, a view
+    TORCH_CHECK(!int8_row_scales.defined(), "an operand with a scale per row is not transposed");
+    return {values.t(), int8_scale};
+  }
 };
 
 // x in `compute`; `largest` is max |x| where the pass that wrote x has it (int8 needs it).
@@ -49,7 +53,8 @@ Operand ForProduct(const at::Tensor& x, at::ScalarType compute, std::optional<fl
 // through oneDNN, float32 and bfloat16 through the process's GEMM library (model/linear.h).
 at::Tensor Product(const Operand& x, const Operand& weight, const at::Tensor& bias, model::Epilogue epilogue) {
   if (x.values.scalar_type() == at::kChar) {
-    return model::onednn::LinearInt8({x.values, x.int8_scale}, {weight.values, weight.int8_scale}, bias, epilogue);
+    return model::onednn::LinearInt8({x.values, x.int8_scale}, {weight.values, weight.int8_scale, weight.int8_row_scales},
+                                     bias, epilogue);
   }
   epilogue.output_dtype = at::kFloat;
   return model::Linear(x.values, weight.values, bias.defined() ? model::ConvertForProduct(bias, x.values.scalar_type()) : bias,
@@ -229,7 +234,15 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   AdamW weight_optimizer(weight, settings, from_text ? prompts : at::Tensor()), bias_optimizer(bias, settings);
   // The largest magnitudes scale the int8 operands; the other dtypes need none.
   const bool int8 = compute == at::kChar;
-  float weight_largest = int8 && !from_text ? LargestMagnitude(weight) : 0;  // then each update's own
+  // In int8, W rounded row by row by AdamW's update as it writes W, for the next step's product.
+  at::Tensor weight_int8, weight_row_scales;
+  if (int8) {
+    weight_int8 = at::empty({rows, dim}, options.dtype(at::kChar));
+    weight_row_scales = at::empty({rows}, options);
+  }
+  const auto updated_weight = [&] {
+    return int8 ? Operand{weight_int8, 0, weight_row_scales} : ForProduct(weight, compute);
+  };
 
   // The clean and noisy tokens are one [2M,D] block X, whose halves go through the adapter apart
   // within a step (every term of the loss sees only its own row) and meet in the weight's
@@ -294,7 +307,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   for (int step = 0; step < options_.steps; ++step) {
     // W starts as T, whose operand is at hand.
     const Operand weight_compute =
-        step == 0 && from_text ? prompts_compute : ForProduct(weight, compute, weight_largest);
+        step > 0 ? updated_weight() : from_text ? prompts_compute : ForProduct(weight, compute);
     // One half's forward pass, loss and way back to ∂loss/∂A (its rows) and its share of ∂loss/∂b.
     const auto adapt_half = [&](int half) {
       const int64_t row = half == 0 ? clean_row : noisy_row(step);
@@ -336,13 +349,17 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
     losses.push_back(half_losses[0] + half_losses[1]);
 
     // dW over both halves.
-    weight_largest =
-        weight_optimizer.Step(Product(d_preactivation_t[step % 2], normalized_for_weight_t[step % 2], {}, {}));
+    const auto weight_gradient = Product(d_preactivation_t[step % 2], normalized_for_weight_t[step % 2], {}, {});
+    if (int8) {
+      weight_optimizer.Step(weight_gradient, weight_int8, weight_row_scales);
+    } else {
+      weight_optimizer.Step(weight_gradient);
+    }
     bias_optimizer.Step(half_d_bias[0] + half_d_bias[1]);
   }
   // prob(P) with the adapted W and b, the clean rows in two parts as a step's halves run: one per
   // thread at batch 1.
-  const Operand adapted_weight = ForProduct(weight, compute, weight_largest);
+  const Operand adapted_weight = updated_weight();
   auto probabilities = at::empty({tokens}, options);
   const int64_t part_rows = (tokens + 1) / 2;
   const auto adapted_part = [&](int64_t part) {

@@ -42,11 +42,15 @@ PackedWeight Pack(const at::Tensor& weight);
 at::Tensor Convert(const at::Tensor& x, at::ScalarType dtype);
 
 // A float32 matrix in int8 for LinearInt8: x ≈ scale · values, symmetric, one scale for the
-// whole matrix (its largest magnitude maps to 127).
+// whole matrix (its largest magnitude maps to 127), or one per row where `row_scales` is given.
 struct Int8Matrix {
   at::Tensor values;  // int8, [rows, columns], any strides
   float scale = 1;
-  Int8Matrix t() const { return {values.t(), scale}; }  // the transpose, a view
+  at::Tensor row_scales;  // float32 [rows], in place of `scale`: a weight's, per output
+  Int8Matrix t() const {  // the transpose, a view
+    TORCH_CHECK(!row_scales.defined(), "a matrix with a scale per row has no transpose here");
+    return {values.t(), scale};
+  }
 };
 
 // x (float32 on the CPU, 2-D, any strides) rounded to Int8Matrix through oneDNN's reorder; dense in
@@ -55,7 +59,8 @@ struct Int8Matrix {
 // all-zero x gets scale 1, one with a NaN or infinity a NaN or infinite scale.
 Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest = std::nullopt);
 
-// x [m,k] · weightᵀ (weight [n,k]) in int8 with int32 sums, times both scales, + bias ([n] float32
+// x [m,k] · weightᵀ (weight [n,k], one scale, or one per row) in int8 with int32 sums, times both
+// scales, + bias ([n] float32
 // or undefined), then `epilogue` (its residual float32 or bfloat16); written in float32. Both read
 // in place through their strides where one of them is 1.
 at::Tensor LinearInt8(const Int8Matrix& x, const Int8Matrix& weight, const at::Tensor& bias, const Epilogue& epilogue);

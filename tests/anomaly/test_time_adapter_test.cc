@@ -287,6 +287,32 @@ TEST(AdamWTest, BothPathsMatchLibtorch) {
   EXPECT_LT((fused - want.detach()).abs().max().item<float>(), 1e-6);
   EXPECT_LT((strided - want.detach()).abs().max().item<float>(), 1e-6);
   EXPECT_THROW(AdamW(torch::empty({3, 4}), settings, torch::zeros({4, 3})), c10::Error);
+
+  // Rounded to int8 row by row by the same pass: each row at its largest magnitude / 127, to
+  // nearest even; a row of zeros (no gradient, no weight) at scale 1. Rows of 3000 elements, so
+  // that slices of whole rows cover the parameter in several.
+  auto wide = torch::randn({11, 3000}), wide_reference = wide.clone();
+  wide[4].zero_();
+  wide_reference[4].zero_();
+  AdamW wide_optimizer(wide, settings), wide_reference_optimizer(wide_reference, settings);
+  auto rows_int8 = torch::empty({11, 3000}, torch::kInt8), row_scales = torch::empty({11});
+  for (int step = 0; step < 3; ++step) {
+    auto gradient = torch::randn({11, 3000});
+    gradient[4].zero_();
+    const float largest = wide_optimizer.Step(gradient, rows_int8, row_scales);
+    wide_reference_optimizer.Step(gradient);
+    // The same update, but for the last bit where a vector loop's remainder falls elsewhere.
+    EXPECT_TRUE(torch::allclose(wide, wide_reference, 1e-6, 1e-7));
+    EXPECT_EQ(largest, wide.abs().max().item<float>());
+    const auto row_largest = wide.abs().amax(1);
+    EXPECT_TRUE(torch::allclose(row_scales, torch::where(row_largest > 0, row_largest / 127, torch::ones({11})), 1e-7, 0));
+    EXPECT_TRUE(torch::equal(rows_int8, (wide * (127 / row_largest.clamp_min(1e-30)).unsqueeze(1)).round().to(torch::kInt8)));
+    EXPECT_EQ(rows_int8.abs().amax(1)[0].item<int>(), 127);
+    EXPECT_EQ(rows_int8[4].abs().max().item<int>(), 0);
+  }
+  auto column_major = torch::empty({3000, 11}).t();
+  EXPECT_THROW(AdamW(column_major, settings).Step(torch::zeros({11, 3000}), rows_int8, row_scales), c10::Error);
+  EXPECT_THROW(wide_optimizer.Step(torch::zeros({11, 3000}), rows_int8.narrow(0, 0, 10), row_scales), c10::Error);
 }
 
 // The noise: N(0, σ²), the same draws on one thread as on two, fresh for every step, seed and

@@ -445,6 +445,19 @@ TEST(LinearTest, Int8ProductIsTheScaledProductOfTheRoundedMatrices) {
                                    qw.scale * x.abs().max().item<float>() + qx.scale * qw.scale);
   EXPECT_LT((onednn::LinearInt8(qx, qw, bias, {}) - exact).abs().max().item<float>(), bound);
   EXPECT_THROW(onednn::LinearInt8(qx, qw.t(), {}, {}), c10::Error);  // 64 columns against 48
+
+  // A weight with a scale per row (per output column of the product): each row rounded at its own.
+  auto row_scaled_weight = weight * torch::linspace(0.1, 3, 48).unsqueeze(1);
+  const auto row_scales = row_scaled_weight.abs().amax(1) / 127;
+  const onednn::Int8Matrix per_row{(row_scaled_weight / row_scales.unsqueeze(1)).round().to(torch::kInt8), 0, row_scales};
+  const auto per_row_rounded =
+      at::linear(qx.values.to(torch::kFloat), per_row.values.to(torch::kFloat)) * (row_scales * qx.scale);
+  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, per_row, bias, {Activation::kTanh, {}}),
+                              torch::tanh(per_row_rounded + bias), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, per_row, {}, {Activation::kNone, residual}),
+                              per_row_rounded + residual, 1e-5, 1e-5));
+  EXPECT_THROW(per_row.t(), c10::Error);
+  EXPECT_THROW(onednn::LinearInt8(qx, {per_row.values, 0, row_scales.narrow(0, 0, 47)}, {}, {}), c10::Error);
 }
 
 TEST(LinearTest, ParsesLibraryNames) {
