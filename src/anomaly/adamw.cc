@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "anomaly/adapter_loss.h"
@@ -48,9 +49,6 @@ ANOCLIP_VECTOR_CLONES float FirstUpdateSlice(int64_t n, const Coefficients c, co
                                              const float* grad, float* exp_avg, float* exp_avg_sq) {
   return UpdateSliceBody<true>(n, c, source, param, grad, exp_avg, exp_avg_sq);
 }
-
-// The larger of two magnitudes, a NaN above all (MagnitudeBits).
-float LargerMagnitude(float a, float b) { return FromMagnitudeBits(std::max(MagnitudeBits(a), MagnitudeBits(b))); }
 
 // One row rounded to int8 at `inverse` = 127 / its largest magnitude, to nearest even as oneDNN's
 // reorder rounds.
@@ -119,10 +117,16 @@ float AdamW::Step(const at::Tensor& gradient, const at::Tensor& rows_int8, const
           slice_largest[slice] = LargerMagnitude(slice_largest[slice], largest);
           if (with_int8) {
             // As model::onednn::QuantizeInt8: a row of zeros gets scale 1, a NaN or infinity a
-            // NaN or infinite one, which the product then shows.
-            const float scale = largest == 0 ? 1.0f : largest / 127;
-            scale_data[begin / row_length] = scale;
-            RoundRow(param + begin, count, largest == 0 ? 0.0f : 127 / largest, int8_data + begin);
+            // NaN or infinite one, which the product then shows (its values, zeros here, do not
+            // matter then).
+            const int64_t row = begin / row_length;
+            if (largest > 0 && std::isfinite(largest)) {
+              scale_data[row] = largest / 127;
+              RoundRow(param + begin, count, 127 / largest, int8_data + begin);
+            } else {
+              scale_data[row] = largest == 0 ? 1.0f : largest / 127;
+              std::memset(int8_data + begin, 0, count);
+            }
           }
         }
       }

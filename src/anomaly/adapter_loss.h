@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -69,5 +70,7 @@ inline float FromMagnitudeBits(uint32_t bits) {
   std::memcpy(&x, &bits, sizeof x);
   return x;
 }
+// The larger of two magnitudes, a NaN above all.
+inline float LargerMagnitude(float a, float b) { return FromMagnitudeBits(std::max(MagnitudeBits(a), MagnitudeBits(b))); }
 
 }  // namespace anoclip::anomaly

@@ -318,8 +318,9 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
           draw_noise(0);
           noisy_largest = prepare_noisy_rows(0, 0, tokens);
         } else {
-          noisy_largest = std::max(noisy_first_part_largest[step % 2],
-                                   prepare_noisy_rows(step, noisy_rows_first_part, tokens - noisy_rows_first_part));
+          noisy_largest = LargerMagnitude(
+              noisy_first_part_largest[step % 2],
+              prepare_noisy_rows(step, noisy_rows_first_part, tokens - noisy_rows_first_part));
         }
         normalized_compute = normalized_in(compute, row, tokens, noisy_largest);
       }
@@ -361,12 +362,13 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   // thread at batch 1.
   const Operand adapted_weight = updated_weight();
   auto probabilities = at::empty({tokens}, options);
-  const int64_t part_rows = (tokens + 1) / 2;
+  const int64_t tokens_per_part = (tokens + 1) / 2;
   const auto adapted_part = [&](int64_t part) {
-    const int64_t first = part * part_rows, count = std::min(part_rows, tokens - first);
+    const int64_t first = part * tokens_per_part, count = std::min(tokens_per_part, tokens - first);
     if (count <= 0) return;
-    const Operand rows{clean_compute.values.narrow(0, first, count), clean_compute.int8_scale};
-    const Forward f = AdapterForward(patches.narrow(0, first, count), rows, adapted_weight, bias, prompts_compute, compute);
+    const Operand part_normalized{clean_compute.values.narrow(0, first, count), clean_compute.int8_scale};
+    const Forward f = AdapterForward(patches.narrow(0, first, count), part_normalized, adapted_weight, bias,
+                                     prompts_compute, compute);
     probabilities.narrow(0, first, count).copy_(AbnormalProbabilities(f.doubled, text_features));
   };
   if (patches.device().is_cpu()) {

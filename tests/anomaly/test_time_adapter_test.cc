@@ -310,6 +310,13 @@ TEST(AdamWTest, BothPathsMatchLibtorch) {
     EXPECT_EQ(rows_int8.abs().amax(1)[0].item<int>(), 127);
     EXPECT_EQ(rows_int8[4].abs().max().item<int>(), 0);
   }
+  // A NaN in a row makes that row's scale NaN, which an int8 product then shows.
+  auto with_nan = torch::zeros({11, 3000});
+  with_nan[6][17] = NAN;
+  EXPECT_TRUE(std::isnan(wide_optimizer.Step(with_nan, rows_int8, row_scales)));
+  EXPECT_TRUE(std::isnan(row_scales[6].item<float>()));
+  EXPECT_FALSE(std::isnan(row_scales[5].item<float>()));
+  EXPECT_EQ(rows_int8[6].abs().max().item<int>(), 0);
   auto column_major = torch::empty({3000, 11}).t();
   EXPECT_THROW(AdamW(column_major, settings).Step(torch::zeros({11, 3000}), rows_int8, row_scales), c10::Error);
   EXPECT_THROW(wide_optimizer.Step(torch::zeros({11, 3000}), rows_int8.narrow(0, 0, 10), row_scales), c10::Error);
