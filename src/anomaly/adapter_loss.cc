@@ -183,7 +183,9 @@ float LargestMagnitude(const at::Tensor& t) {
         slice_largest[slice] = LargestMagnitude(values + slice * kSlice, std::min(kSlice, n - slice * kSlice));
       }
     });
-    return *std::max_element(slice_largest.begin(), slice_largest.end());
+    float largest = 0;
+    for (const float slice : slice_largest) largest = LargerMagnitude(largest, slice);  // a NaN kept
+    return largest;
   }
   // amax and amin keep to memory speed on any layout; abs().max() was 100x slower on a transposed
   // view, linalg_vector_norm(t, inf) 20x on any.

@@ -79,6 +79,21 @@ Forward AdapterForward(const at::Tensor& x, const Operand& normalized, const Ope
   return f;
 }
 
+// part(0) and part(1) of an image's work: on the CPU one per thread where two are free (at batch
+// 1), else (within a batch's round, on one thread, or on another device) in turn.
+template <typename Part>
+void RunTwoParts(const at::Tensor& on, const Part& part) {
+  if (!on.device().is_cpu()) {
+    part(0);
+    part(1);
+    return;
+  }
+  at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {
+    at::NoGradGuard thread_no_grad;  // grad mode is per thread
+    for (int64_t i = first; i < last; ++i) part(static_cast<int>(i));
+  });
+}
+
 }  // namespace
 
 at::Tensor DrawTtaNoise(uint64_t seed, int step, double sigma, at::IntArrayRef shape) {
@@ -335,27 +350,15 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
         noisy_first_part_largest[(step + 1) % 2] = prepare_noisy_rows(step + 1, 0, noisy_rows_first_part);
       }
     };
-    // On the CPU one half per thread where the image has two (at batch 1): a half's [M×D]-sized
-    // products on one thread ran about 10% faster than the block's on two, which wait on each
-    // other at every product; else (within a batch's round, or on one thread) in turn.
-    if (patches.device().is_cpu()) {
-      at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {
-        at::NoGradGuard thread_no_grad;  // grad mode is per thread
-        for (int64_t half = first; half < last; ++half) adapt_half(static_cast<int>(half));
-      });
-    } else {
-      adapt_half(0);
-      adapt_half(1);
-    }
+    // One half per thread at batch 1: a half's [M×D]-sized products on one thread ran about 10%
+    // faster than the block's on two, which wait on each other at every product.
+    RunTwoParts(patches, adapt_half);
     losses.push_back(half_losses[0] + half_losses[1]);
 
     // dW over both halves.
-    const auto weight_gradient = Product(d_preactivation_t[step % 2], normalized_for_weight_t[step % 2], {}, {});
-    if (int8) {
-      weight_optimizer.Step(weight_gradient, weight_int8, weight_row_scales);
-    } else {
-      weight_optimizer.Step(weight_gradient);
-    }
+    // In int8 W's rows are rounded by the same pass (weight_int8 is undefined otherwise).
+    weight_optimizer.Step(Product(d_preactivation_t[step % 2], normalized_for_weight_t[step % 2], {}, {}),
+                          weight_int8, weight_row_scales);
     bias_optimizer.Step(half_d_bias[0] + half_d_bias[1]);
   }
   // prob(P) with the adapted W and b, the clean rows in two parts as a step's halves run: one per
@@ -363,7 +366,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
   const Operand adapted_weight = updated_weight();
   auto probabilities = at::empty({tokens}, options);
   const int64_t tokens_per_part = (tokens + 1) / 2;
-  const auto adapted_part = [&](int64_t part) {
+  const auto adapted_part = [&](int part) {
     const int64_t first = part * tokens_per_part, count = std::min(tokens_per_part, tokens - first);
     if (count <= 0) return;
     const Operand part_normalized{clean_compute.values.narrow(0, first, count), clean_compute.int8_scale};
@@ -371,15 +374,7 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
                                      prompts_compute, compute);
     probabilities.narrow(0, first, count).copy_(AbnormalProbabilities(f.doubled, text_features));
   };
-  if (patches.device().is_cpu()) {
-    at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {
-      at::NoGradGuard thread_no_grad;
-      for (int64_t part = first; part < last; ++part) adapted_part(part);
-    });
-  } else {
-    adapted_part(0);
-    adapted_part(1);
-  }
+  RunTwoParts(patches, adapted_part);
   return probabilities;
 }
 
