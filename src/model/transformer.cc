@@ -4,8 +4,8 @@
 
 #include <cmath>
 
-#include "common/blas_info.h"
 #include "io/state_dict.h"
+#include "model/head_attention.h"
 #include "model/linear.h"
 #include "model/onednn_ops.h"
 
@@ -17,15 +17,11 @@ at::Tensor SplitHeads(const at::Tensor& x, int64_t heads, int64_t head_dim) {
   return x.view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
 }
 
-// One head of a [B,h,L,d] float32 tensor whose rows are contiguous: its first element and row stride.
-struct HeadView {
-  HeadView(const at::Tensor& t, int64_t b, int64_t head)
-      : data(t.data_ptr<float>() + b * t.stride(0) + head * t.stride(1)), row_stride(t.stride(2)) {
-    TORCH_CHECK(t.stride(3) == 1, "attention inputs need contiguous head rows");
-  }
-  const float* data;
-  int64_t row_stride;
-};
+// One head of a [B,h,L,d] float32 tensor whose rows are contiguous.
+HeadRows Head(const at::Tensor& t, int64_t b, int64_t head) {
+  TORCH_CHECK(t.stride(3) == 1, "attention inputs need contiguous head rows");
+  return {t.data_ptr<float>() + b * t.stride(0) + head * t.stride(1), t.stride(2)};
+}
 
 // One of a layer's products: int8 where the weight was packed so, else Linear (on the packed
 // weight where it is).
@@ -149,16 +145,34 @@ at::Tensor AttentionImpl::MergedHeads(std::initializer_list<Inputs> sets, const 
   const int64_t batch = inputs[0].q.size(0), queries = inputs[0].q.size(2), keys = inputs[0].k.size(2);
   const int64_t total = static_cast<int64_t>(inputs.size()) * batch;
   const auto options = inputs[0].q.options();
+  const GemmLibrary library = CurrentGemmLibrary();
   at::Tensor merged;  // [n·B,Lq,C], heads side by side as out_proj expects
-  const SgemmFunction sgemm = BlasSgemm();
-  if (OnOneDnn(inputs[0].q)) {
+  if (options.device().is_cpu() && options.dtype() == at::kFloat && !torch::GradMode::is_enabled() &&
+      HeadProducts::Available(library)) {
+    merged = at::empty({total, queries, width}, options);
+    // One head per task (model/head_attention.h), reading the heads in place from the projection
+    // output and writing them in place into the merged output.
+    const HeadProducts products(library);
+    const at::Tensor mask_rows = mask.defined() ? mask.to(at::kFloat).expand({queries, keys}).contiguous() : mask;
+    const float* mask_data = mask_rows.defined() ? mask_rows.data_ptr<float>() : nullptr;
+    at::parallel_for(0, total * heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(queries * keys);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t row = i / heads, head = i % heads;
+        const Inputs& set = inputs[row / batch];
+        float* out = merged.data_ptr<float>() + row * queries * width + head * head_dim;
+        AttendHead(products, Head(set.q, row % batch, head), Head(set.k, row % batch, head),
+                   Head(set.v, row % batch, head), queries, keys, head_dim, scale, mask_data, scores.data(), out,
+                   width);
+      }
+    });
+  } else if (OnOneDnn(inputs[0].q)) {  // bfloat16
     merged = at::empty({total, queries, width}, options);
     for (size_t set = 0; set < inputs.size(); ++set) {
       const auto& in = inputs[set];
       onednn::AttendInto(in.q, in.k, in.v, mask, scale, merged.narrow(0, static_cast<int64_t>(set) * batch, batch));
     }
-  } else if (torch::GradMode::is_enabled() || !options.device().is_cpu() || options.dtype() != at::kFloat ||
-      sgemm == nullptr) {
+  } else {
     std::vector<at::Tensor> outputs;
     for (const auto& set : inputs) {
       auto scores = at::matmul(set.q * scale, set.k.transpose(-2, -1));
@@ -166,38 +180,6 @@ at::Tensor AttentionImpl::MergedHeads(std::initializer_list<Inputs> sets, const 
       outputs.push_back(at::matmul(scores.softmax(-1), set.v).transpose(1, 2).reshape({batch, queries, width}));
     }
     merged = torch::cat(outputs);
-  } else {
-    // The per-head products are small (L x d x L): one head per thread, each product on one
-    // core, keeps both cores busy where a threaded BLAS call per head would mostly synchronise.
-    // At this size libtorch's per-op dispatch costs as much as the arithmetic, so the two
-    // products go straight to the BLAS libtorch uses (its own wrapper is not exported), reading
-    // the heads in place from the projection output and writing them in place into the merged
-    // output.
-    merged = at::empty({total, queries, width}, options);
-    const at::Tensor mask_rows = mask.defined() ? mask.to(at::kFloat).expand({queries, keys}).contiguous() : mask;
-    at::parallel_for(0, total * heads, 1, [&](int64_t begin, int64_t end) {
-      auto scores = at::empty({queries, keys}, options);
-      auto probs = at::empty({queries, keys}, options);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t row = i / heads, head = i % heads;
-        const Inputs& set = inputs[row / batch];
-        const HeadView q(set.q, row % batch, head), k(set.k, row % batch, head), v(set.v, row % batch, head);
-        float beta = 0.0f;  // 0: BLAS ignores the uninitialised scores
-        if (mask_rows.defined()) {
-          scores.copy_(mask_rows);
-          beta = 1.0f;
-        }
-        // BLAS is column-major, where a row-major matrix is its transpose: scoresᵀ = scale·k qᵀ (+ maskᵀ).
-        const int m = keys, n = queries, d = head_dim, ld_k = k.row_stride, ld_q = q.row_stride, ld_v = v.row_stride,
-                  ld_out = width;
-        sgemm("T", "N", &m, &n, &d, &scale, k.data, &ld_k, q.data, &ld_q, &beta, scores.data_ptr<float>(), &m);
-        at::_softmax_out(probs, scores, -1, false);
-        // outᵀ = vᵀ probsᵀ, into this head's columns of the merged output.
-        const float one = 1.0f, zero = 0.0f;
-        float* out = merged.data_ptr<float>() + row * queries * width + head * head_dim;
-        sgemm("N", "N", &d, &n, &m, &one, v.data, &ld_v, probs.data_ptr<float>(), &m, &zero, out, &ld_out);
-      }
-    });
   }
   return merged;
 }

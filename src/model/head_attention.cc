@@ -1,0 +1,119 @@
+#include "model/head_attention.h"
+
+#include <ATen/Parallel.h>
+#include <dnnl.h>
+
+#include <cstring>
+
+#include "c10/util/Exception.h"
+#include "common/blas_info.h"
+#include "common/vector_clones.h"
+
+namespace anoclip::model {
+namespace {
+
+// e^x for x <= 0 (a softmax's inputs less their row's largest): 2^n · p(r) with n = round(x·log2 e)
+// and r = x - n·ln 2 in [-ln2/2, ln2/2], p Cephes' degree-6 polynomial (expf's error, about one
+// ulp). Written without library calls or branches so that the compiler vectorises the loops that
+// call it; below -87.3, where e^x leaves float's normal range, 0. NaN stays NaN.
+inline float ExpOfNonPositive(float x) {
+  constexpr float kRoundingShift = 12582912.0f;  // 1.5·2²³: adding it rounds to an integer
+  constexpr uint32_t kRoundingShiftBits = 0x4B400000;
+  const float shifted = x * 1.44269504088896341f + kRoundingShift;
+  const float n = shifted - kRoundingShift;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln 2 in two parts: exact n·ln2
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  uint32_t n_bits;
+  std::memcpy(&n_bits, &shifted, sizeof n_bits);  // n in the low bits, whatever x is
+  const uint32_t exponent_bits = (n_bits - kRoundingShiftBits + 127u) << 23;
+  float power;
+  std::memcpy(&power, &exponent_bits, sizeof power);
+  return x < -87.3f ? 0.0f : p * power;
+}
+
+// One row: its largest value, then e^(x - largest) summed in sixteen partial sums (the same sums
+// on every instruction set), then each divided by the sum.
+ANOCLIP_VECTOR_CLONES void SoftmaxRow(float* row, int64_t columns) {
+  float largest = row[0];
+#pragma omp simd reduction(max : largest)
+  for (int64_t j = 1; j < columns; ++j) largest = row[j] > largest ? row[j] : largest;
+  constexpr int kLanes = 16;
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= columns; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float e = ExpOfNonPositive(row[j + l] - largest);
+      row[j + l] = e;
+      lanes[l] += e;
+    }
+  }
+  float sum = 0;
+  for (; j < columns; ++j) {
+    const float e = ExpOfNonPositive(row[j] - largest);
+    row[j] = e;
+    sum += e;
+  }
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  const float inverse = 1.0f / sum;
+  for (j = 0; j < columns; ++j) row[j] *= inverse;
+}
+
+void CheckDnnl(dnnl_status_t status) {
+  TORCH_CHECK(status == dnnl_success, "dnnl_sgemm failed with status ", static_cast<int>(status));
+}
+
+}  // namespace
+
+bool HeadProducts::Available(GemmLibrary library) {
+  return library == GemmLibrary::kOneDnn || BlasSgemm() != nullptr;
+}
+
+void HeadProducts::MultiplyTransposed(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                                      const float* b, int64_t ldb, float beta, float* c, int64_t ldc) const {
+  if (library_ == GemmLibrary::kOneDnn) {
+    CheckDnnl(dnnl_sgemm('N', 'T', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
+    return;
+  }
+  // The BLAS is column-major, where a row-major matrix is its transpose: cᵀ = b·aᵀ.
+  const int rows = static_cast<int>(n), columns = static_cast<int>(m), depth = static_cast<int>(k),
+            ld_b = static_cast<int>(ldb), ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
+  BlasSgemm()("T", "N", &rows, &columns, &depth, &alpha, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
+}
+
+void HeadProducts::Multiply(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            float* c, int64_t ldc) const {
+  if (library_ == GemmLibrary::kOneDnn) {
+    CheckDnnl(dnnl_sgemm('N', 'N', m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc));
+    return;
+  }
+  const float one = 1.0f, zero = 0.0f;
+  const int rows = static_cast<int>(n), columns = static_cast<int>(m), depth = static_cast<int>(k),
+            ld_b = static_cast<int>(ldb), ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
+  BlasSgemm()("N", "N", &rows, &columns, &depth, &one, b, &ld_b, a, &ld_a, &zero, c, &ld_c);
+}
+
+void AttendHead(const HeadProducts& products, HeadRows q, HeadRows k, HeadRows v, int64_t queries, int64_t keys,
+                int64_t depth, float scale, const float* mask, float* scores, float* out, int64_t out_stride) {
+  float beta = 0.0f;  // 0: the products ignore the scratch's old values
+  if (mask != nullptr) {
+    std::memcpy(scores, mask, sizeof(float) * queries * keys);
+    beta = 1.0f;
+  }
+  products.MultiplyTransposed(queries, keys, depth, scale, q.data, q.row_stride, k.data, k.row_stride, beta, scores,
+                              keys);
+  SoftmaxRows(scores, queries, keys, keys);
+  products.Multiply(queries, depth, keys, scores, keys, v.data, v.row_stride, out, out_stride);
+}
+
+void SoftmaxRows(float* values, int64_t rows, int64_t columns, int64_t stride) {
+  if (columns <= 0) return;
+  for (int64_t i = 0; i < rows; ++i) SoftmaxRow(values + i * stride, columns);
+}
+
+}  // namespace anoclip::model
