@@ -3,8 +3,8 @@
 // copies its input into oneDNN's tensor type and its output back, and runs bias, activation and
 // residual as separate passes over memory; here one matmul or inner-product primitive reads the
 // rows and weights as they lie and applies bias, GELU and the residual add as it writes. The
-// attention runs as two batched matmuls and a softmax over all heads at once. See
-// docs/performance.md.
+// bfloat16 attention runs as two batched matmuls and a softmax over all heads at once (float32's
+// goes one head at a time, model/head_attention.h). See docs/performance.md.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -83,7 +83,8 @@ bool HasNativeBfloat16();
 // Per head, softmax(scale · q·kᵀ + mask)·v, written into `out` [B,Lq,h·d] with the heads side by
 // side. q [B,h,Lq,d], k and v [B,h,Lk,d]: float32 or bfloat16 CPU views with any strides (the
 // projection's output, split into heads, is read in place); mask [Lq,Lk], added to the scaled
-// scores, or undefined.
+// scores, or undefined. The transformer sends it bfloat16 only: float32 runs faster one head at a
+// time (model/head_attention.h).
 void AttendInto(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
                 const at::Tensor& out);
 
