@@ -13,7 +13,7 @@ namespace anoclip::model {
 namespace {
 
 // e^x for x <= 0 (a softmax's inputs less their row's largest): 2^n · p(r) with n = round(x·log2 e)
-// and r = x - n·ln 2 in [-ln2/2, ln2/2], p Cephes' degree-6 polynomial (expf's error, about one
+// and r = x - n·ln 2 in [-ln2/2, ln2/2], p Cephes' expf polynomial of degree 7 (about one
 // ulp). Written without library calls or branches so that the compiler vectorises the loops that
 // call it; below -87.3, where e^x leaves float's normal range, 0. NaN stays NaN.
 inline float ExpOfNonPositive(float x) {
