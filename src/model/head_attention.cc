@@ -74,28 +74,16 @@ bool HeadProducts::Available(GemmLibrary library) {
   return library == GemmLibrary::kOneDnn || BlasSgemm() != nullptr;
 }
 
-void HeadProducts::MultiplyTransposed(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                                      const float* b, int64_t ldb, float beta, float* c, int64_t ldc) const {
+void HeadProducts::Multiply(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) const {
   if (library_ == GemmLibrary::kOneDnn) {
-    CheckDnnl(dnnl_sgemm('N', 'T', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
+    CheckDnnl(dnnl_sgemm('N', transpose_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
     return;
   }
-  // The BLAS is column-major, where a row-major matrix is its transpose: cᵀ = b·aᵀ.
+  // The BLAS is column-major, where a row-major matrix is its transpose: cᵀ = op(b)ᵀ·aᵀ.
   const int rows = static_cast<int>(n), columns = static_cast<int>(m), depth = static_cast<int>(k),
             ld_b = static_cast<int>(ldb), ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
-  BlasSgemm()("T", "N", &rows, &columns, &depth, &alpha, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
-}
-
-void HeadProducts::Multiply(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                            float* c, int64_t ldc) const {
-  if (library_ == GemmLibrary::kOneDnn) {
-    CheckDnnl(dnnl_sgemm('N', 'N', m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc));
-    return;
-  }
-  const float one = 1.0f, zero = 0.0f;
-  const int rows = static_cast<int>(n), columns = static_cast<int>(m), depth = static_cast<int>(k),
-            ld_b = static_cast<int>(ldb), ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
-  BlasSgemm()("N", "N", &rows, &columns, &depth, &one, b, &ld_b, a, &ld_a, &zero, c, &ld_c);
+  BlasSgemm()(transpose_b ? "T" : "N", "N", &rows, &columns, &depth, &alpha, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
 }
 
 void AttendHead(const HeadProducts& products, HeadRows q, HeadRows k, HeadRows v, int64_t queries, int64_t keys,
@@ -105,10 +93,11 @@ void AttendHead(const HeadProducts& products, HeadRows q, HeadRows k, HeadRows v
     std::memcpy(scores, mask, sizeof(float) * queries * keys);
     beta = 1.0f;
   }
-  products.MultiplyTransposed(queries, keys, depth, scale, q.data, q.row_stride, k.data, k.row_stride, beta, scores,
-                              keys);
+  products.Multiply(/*transpose_b=*/true, queries, keys, depth, scale, q.data, q.row_stride, k.data, k.row_stride,
+                    beta, scores, keys);
   SoftmaxRows(scores, queries, keys, keys);
-  products.Multiply(queries, depth, keys, scores, keys, v.data, v.row_stride, out, out_stride);
+  products.Multiply(/*transpose_b=*/false, queries, depth, keys, 1.0f, scores, keys, v.data, v.row_stride, 0.0f, out,
+                    out_stride);
 }
 
 void SoftmaxRows(float* values, int64_t rows, int64_t columns, int64_t stride) {

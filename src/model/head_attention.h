@@ -19,12 +19,10 @@ class HeadProducts {
   static bool Available(GemmLibrary library);
   explicit HeadProducts(GemmLibrary library) : library_(library) {}
 
-  // c [m,n] = alpha · a [m,k] · bᵀ (b [n,k]) + beta · c, leading dimensions as given.
-  void MultiplyTransposed(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
-                          int64_t ldb, float beta, float* c, int64_t ldc) const;
-  // c [m,n] = a [m,k] · b [k,n].
-  void Multiply(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                int64_t ldc) const;
+  // c [m,n] = alpha · a [m,k] · op(b) + beta · c, with op(b) = bᵀ (b [n,k]) where `transpose_b`,
+  // else b [k,n]; leading dimensions as given.
+  void Multiply(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                const float* b, int64_t ldb, float beta, float* c, int64_t ldc) const;
 
  private:
   GemmLibrary library_;
