@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/vector_clones.h"
+#include "common/vector_math.h"
 
 namespace anoclip::anomaly {
 
@@ -49,11 +50,10 @@ inline __attribute__((always_inline)) RowLogits LogitsOfRow(const float* y, cons
   return {length, dot0[0] / length, dot1[0] / length};
 }
 
-// One row's loss term and gradient (AdapterLossGradientOps's ops, written out per row).
-// Rows before `clean_end` are clean tokens, the rest noisy; `tokens` divides every term.
-ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* text, int64_t dim, int64_t row,
-                                           int64_t clean_end, int64_t tokens, float* d_doubled, float* loss) {
-  const float* y = doubled + row * dim;
+// One row y's loss term and gradient (AdapterLossGradientOps's ops, written out per row), for a
+// clean token or a noisy one; `tokens` divides every term.
+ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* y, const float* text, int64_t dim, bool clean, int64_t tokens,
+                                           float* out, float* loss) {
   const float *normal_text = text, *abnormal_text = text + dim;
   const auto [length, logit0, logit1] = LogitsOfRow(y, text, dim);
   const float top = std::max(logit0, logit1);
@@ -62,7 +62,7 @@ ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* te
   const float p0 = std::exp(log_p0), p1 = std::exp(log_p1);
   const float inverse_tokens = 1.0f / static_cast<float>(tokens);
   float d_p0, d_p1;
-  if (row < clean_end) {  // −Σ_c p·log p − 0.5·log p_normal, over the token count
+  if (clean) {  // −Σ_c p·log p − 0.5·log p_normal, over the token count
     *loss = (-(p0 * log_p0 + p1 * log_p1) - 0.5f * log_p0) * inverse_tokens;
     d_p0 = -(log_p0 + 1) * inverse_tokens - 0.5f * inverse_tokens / p0;
     d_p1 = -(log_p1 + 1) * inverse_tokens;
@@ -76,7 +76,6 @@ ANOCLIP_VECTOR_CLONES void LossGradientRow(const float* doubled, const float* te
   // d = (d_logits·t − unit·row_dot) / length, with unit = y / length.
   const float inverse = 1.0f / length, text0 = d_logit0 * inverse, text1 = d_logit1 * inverse;
   const float own = (d_logit0 * logit0 + d_logit1 * logit1) * inverse * inverse;
-  float* out = d_doubled + row * dim;
   for (int64_t d = 0; d < dim; ++d) out[d] = text0 * normal_text[d] + text1 * abnormal_text[d] - own * y[d];
 }
 
@@ -86,6 +85,11 @@ ANOCLIP_VECTOR_CLONES float AbnormalProbabilityOfRow(const float* y, const float
   return 1.0f / (1.0f + std::exp(r.logit0 - r.logit1));
 }
 
+// out = residual + scale·values, one row.
+ANOCLIP_VECTOR_CLONES void AddScaledRow(const float* residual, const float* values, float scale, int64_t dim, float* out) {
+  for (int64_t d = 0; d < dim; ++d) out[d] = residual[d] + scale * values[d];
+}
+
 // The largest of n magnitudes.
 ANOCLIP_VECTOR_CLONES float LargestMagnitude(const float* values, int64_t n) {
   uint32_t largest = 0;
@@ -93,25 +97,25 @@ ANOCLIP_VECTOR_CLONES float LargestMagnitude(const float* values, int64_t n) {
   return FromMagnitudeBits(largest);
 }
 
-// One row of tanh's backward: out = upstream ⊙ (1 − tanh²), added to the block's column sums.
+// One row of tanh's backward: out = upstream·scale ⊙ (1 − tanh²), added to the block's column sums.
 // `Out` is float or c10::BFloat16 (rounded to nearest even, as oneDNN's reorder rounds), so the
 // bfloat16 product that takes it needs no conversion pass. Inlined into each clone below.
 template <typename Out>
-inline __attribute__((always_inline)) void GateBackwardRowBody(const float* upstream, const float* tanh, int64_t columns,
-                                                               Out* out, float* column_sums) {
+inline __attribute__((always_inline)) void GateBackwardRowBody(const float* upstream, float scale, const float* tanh,
+                                                               int64_t columns, Out* out, float* column_sums) {
   for (int64_t c = 0; c < columns; ++c) {
-    const float d = upstream[c] * (1 - tanh[c] * tanh[c]);
+    const float d = upstream[c] * scale * (1 - tanh[c] * tanh[c]);
     out[c] = Out(d);
     column_sums[c] += d;
   }
 }
-ANOCLIP_VECTOR_CLONES void GateBackwardRow(const float* upstream, const float* tanh, int64_t columns, float* out,
-                                           float* column_sums) {
-  GateBackwardRowBody(upstream, tanh, columns, out, column_sums);
+ANOCLIP_VECTOR_CLONES void GateBackwardRow(const float* upstream, float scale, const float* tanh, int64_t columns,
+                                           float* out, float* column_sums) {
+  GateBackwardRowBody(upstream, scale, tanh, columns, out, column_sums);
 }
-ANOCLIP_VECTOR_CLONES void GateBackwardRowBfloat16(const float* upstream, const float* tanh, int64_t columns,
-                                                   c10::BFloat16* out, float* column_sums) {
-  GateBackwardRowBody(upstream, tanh, columns, out, column_sums);
+ANOCLIP_VECTOR_CLONES void GateBackwardRowBfloat16(const float* upstream, float scale, const float* tanh,
+                                                   int64_t columns, c10::BFloat16* out, float* column_sums) {
+  GateBackwardRowBody(upstream, scale, tanh, columns, out, column_sums);
 }
 
 // One noisy token: y = a + b and its row normalised as F::normalize does, also in bfloat16 where
@@ -153,7 +157,7 @@ ANOCLIP_VECTOR_CLONES float NoisyRowBfloat16(const float* a, const float* b, int
 
 // Runs row_pass(row) -> the largest magnitude it wrote, for rows 0..rows-1 in blocks of
 // kRowsPerBlock spread over libtorch's threads, each block's rows in order on one thread; returns
-// the largest of all.
+// the largest of all, a NaN above all.
 constexpr int64_t kRowsPerBlock = 16;
 template <typename RowPass>
 float ForEachRowBlock(int64_t rows, const RowPass& row_pass) {
@@ -161,14 +165,57 @@ float ForEachRowBlock(int64_t rows, const RowPass& row_pass) {
   at::parallel_for(0, static_cast<int64_t>(block_largest.size()), 1, [&](int64_t first, int64_t last) {
     for (int64_t block = first; block < last; ++block) {
       for (int64_t row = block * kRowsPerBlock; row < std::min(rows, (block + 1) * kRowsPerBlock); ++row) {
-        block_largest[block] = std::max(block_largest[block], row_pass(row));
+        block_largest[block] = LargerMagnitude(block_largest[block], row_pass(row));
       }
     }
   });
-  return block_largest.empty() ? 0.0f : *std::max_element(block_largest.begin(), block_largest.end());
+  float largest = 0;
+  for (const float block : block_largest) largest = LargerMagnitude(largest, block);
+  return largest;
+}
+
+// The rows of an AdapterRows on the CPU, dense float32: each row as it is, or added up from
+// residual and scaled sums into its block's buffer as it is read (ForEachRowBlock runs a block's
+// rows in order on one thread).
+class RowReader {
+ public:
+  explicit RowReader(const AdapterRows& rows)
+      : values_(rows.values.contiguous()), residual_(rows.residual.defined() ? rows.residual.contiguous() : at::Tensor()),
+        scale_(rows.scale), dim_(values_.size(1)) {
+    TORCH_CHECK(!residual_.defined() || (residual_.sizes() == values_.sizes() && residual_.scalar_type() == at::kFloat),
+                "the adapter's residual rows must be float32 of the sums' shape");
+    if (residual_.defined()) buffers_.resize((values_.size(0) + kRowsPerBlock - 1) / kRowsPerBlock * dim_);
+  }
+  int64_t rows() const { return values_.size(0); }
+  int64_t dim() const { return dim_; }
+  const float* Row(int64_t row) {
+    const float* values = values_.data_ptr<float>() + row * dim_;
+    if (!residual_.defined()) return values;
+    float* buffer = buffers_.data() + row / kRowsPerBlock * dim_;
+    AddScaledRow(residual_.data_ptr<float>() + row * dim_, values, scale_, dim_, buffer);
+    return buffer;
+  }
+
+ private:
+  at::Tensor values_, residual_;
+  float scale_;
+  int64_t dim_;
+  std::vector<float> buffers_;
+};
+
+// TanhGate's pass over one row: tanh(sums·scales + bias) in place; returns its largest magnitude.
+ANOCLIP_VECTOR_CLONES float TanhGateRow(float* row, const float* scales, const float* bias, int64_t columns) {
+  uint32_t largest = 0;
+  for (int64_t c = 0; c < columns; ++c) {
+    row[c] = Tanh(row[c] * scales[c] + bias[c]);
+    largest = std::max(largest, MagnitudeBits(row[c]));
+  }
+  return FromMagnitudeBits(largest);
 }
 
 }  // namespace
+
+at::Tensor AdapterRows::Rows() const { return residual.defined() ? at::add(residual, values, scale) : values; }
 
 float LargestMagnitude(const at::Tensor& t) {
   if (t.numel() == 0) return 0.0f;
@@ -222,53 +269,70 @@ AdapterLoss AdapterLossGradientOps(const at::Tensor& doubled, const at::Tensor& 
   return g;
 }
 
-AdapterLoss AdapterLossGradient(const at::Tensor& doubled, const at::Tensor& text_features, int64_t clean_rows,
+AdapterLoss AdapterLossGradient(const AdapterRows& doubled, const at::Tensor& text_features, int64_t clean_rows,
                                 int64_t first_row) {
-  if (!doubled.device().is_cpu() || doubled.scalar_type() != at::kFloat) {
-    return AdapterLossGradientOps(doubled, text_features, clean_rows, first_row);
+  if (!doubled.values.device().is_cpu() || doubled.values.scalar_type() != at::kFloat) {
+    return AdapterLossGradientOps(doubled.Rows(), text_features, clean_rows, first_row);
   }
-  const auto y = doubled.contiguous(), text = text_features.to(at::kFloat).contiguous();
-  const int64_t rows = y.size(0), dim = y.size(1);
+  RowReader y(doubled);
+  const auto text = text_features.to(at::kFloat).contiguous();
+  const int64_t rows = y.rows(), dim = y.dim();
   AdapterLoss g;
-  g.d_doubled = at::empty_like(y);
-  auto row_losses = at::empty({rows}, y.options());
-  const float* y_data = y.data_ptr<float>();
+  g.d_doubled = at::empty({rows, dim}, doubled.values.options());
+  auto row_losses = at::empty({rows}, doubled.values.options());
   const float* text_data = text.data_ptr<float>();
   float* d_data = g.d_doubled.data_ptr<float>();
   float* loss_data = row_losses.data_ptr<float>();
   g.d_doubled_largest = ForEachRowBlock(rows, [&](int64_t row) {
-    LossGradientRow(y_data, text_data, dim, row, clean_rows - first_row, clean_rows, d_data, loss_data + row);
+    LossGradientRow(y.Row(row), text_data, dim, row < clean_rows - first_row, clean_rows, d_data + row * dim,
+                    loss_data + row);
     return LargestMagnitude(d_data + row * dim, dim);
   });
   g.loss = row_losses.sum();
   return g;
 }
 
-at::Tensor AbnormalProbabilities(const at::Tensor& doubled, const at::Tensor& text_features) {
-  if (!doubled.device().is_cpu() || doubled.scalar_type() != at::kFloat) {
-    const auto unit = doubled / doubled.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);  // as F::normalize
+at::Tensor AbnormalProbabilities(const AdapterRows& doubled, const at::Tensor& text_features) {
+  if (!doubled.values.device().is_cpu() || doubled.values.scalar_type() != at::kFloat) {
+    const auto rows = doubled.Rows();
+    const auto unit = rows / rows.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);  // as F::normalize
     return at::softmax(at::matmul(unit, text_features.t()), -1).select(1, 1);
   }
-  const auto y = doubled.contiguous(), text = text_features.to(at::kFloat).contiguous();
-  const int64_t rows = y.size(0), dim = y.size(1);
-  auto probabilities = at::empty({rows}, y.options());
-  const float *y_data = y.data_ptr<float>(), *text_data = text.data_ptr<float>();
+  RowReader y(doubled);
+  const auto text = text_features.to(at::kFloat).contiguous();
+  auto probabilities = at::empty({y.rows()}, doubled.values.options());
+  const float* text_data = text.data_ptr<float>();
   float* out = probabilities.data_ptr<float>();
-  ForEachRowBlock(rows, [&](int64_t row) {
-    out[row] = AbnormalProbabilityOfRow(y_data + row * dim, text_data, dim);
+  ForEachRowBlock(y.rows(), [&](int64_t row) {
+    out[row] = AbnormalProbabilityOfRow(y.Row(row), text_data, y.dim());
     return 0.0f;
   });
   return probabilities;
 }
 
-at::Tensor BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, const at::Tensor& d_preactivation) {
+float TanhGate(const at::Tensor& sums, const at::Tensor& column_scales, const at::Tensor& bias) {
+  const int64_t columns = sums.size(1);
+  TORCH_CHECK(sums.dim() == 2 && sums.device().is_cpu() && sums.scalar_type() == at::kFloat && sums.is_contiguous() &&
+                  column_scales.numel() == columns && bias.numel() == columns &&
+                  column_scales.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
+              "TanhGate takes dense float32 CPU sums [R,C] and float32 column scales and bias [C]");
+  const auto scales = column_scales.contiguous(), b = bias.contiguous();
+  float* values = sums.data_ptr<float>();
+  const float *scale_data = scales.data_ptr<float>(), *bias_data = b.data_ptr<float>();
+  return ForEachRowBlock(sums.size(0), [&](int64_t row) {
+    return TanhGateRow(values + row * columns, scale_data, bias_data, columns);
+  });
+}
+
+at::Tensor BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, const at::Tensor& d_preactivation,
+                           float d_gate_scale) {
   TORCH_CHECK(d_preactivation.sizes() == d_gate.sizes() &&
                   (d_preactivation.scalar_type() == at::kFloat || d_preactivation.scalar_type() == at::kBFloat16),
               "the gate's gradient is written into a float32 or bfloat16 tensor of its shape");
   at::Tensor out = d_preactivation;  // a handle on the output's storage
   if (!d_gate.device().is_cpu() || d_gate.scalar_type() != at::kFloat || gate.scalar_type() != at::kFloat ||
       !out.device().is_cpu() || !out.is_contiguous()) {
-    const auto d = at::tanh_backward(d_gate, gate);
+    const auto d = at::tanh_backward(d_gate_scale == 1.0f ? d_gate : d_gate * d_gate_scale, gate);
     out.copy_(d);
     return d.to(at::kFloat).sum(0);
   }
@@ -282,14 +346,14 @@ at::Tensor BackThroughGate(const at::Tensor& d_gate, const at::Tensor& gate, con
   if (out.scalar_type() == at::kFloat) {
     float* written = out.data_ptr<float>();
     ForEachRowBlock(rows, [&](int64_t row) {
-      GateBackwardRow(d_data + row * columns, g_data + row * columns, columns, written + row * columns,
+      GateBackwardRow(d_data + row * columns, d_gate_scale, g_data + row * columns, columns, written + row * columns,
                       sums + row / kRowsPerBlock * columns);
       return 0.0f;  // its magnitude is not needed: the weight gradient's product is not int8
     });
   } else {
     c10::BFloat16* written = out.data_ptr<c10::BFloat16>();
     ForEachRowBlock(rows, [&](int64_t row) {
-      GateBackwardRowBfloat16(d_data + row * columns, g_data + row * columns, columns, written + row * columns,
+      GateBackwardRowBfloat16(d_data + row * columns, d_gate_scale, g_data + row * columns, columns, written + row * columns,
                               sums + row / kRowsPerBlock * columns);
       return 0.0f;
     });

@@ -49,30 +49,41 @@ Operand ForProduct(const at::Tensor& x, at::ScalarType compute, std::optional<fl
   return {std::move(q.values), q.scale};
 }
 
-// x [R,in] · weightᵀ ([out,in]) + bias (float32), then `epilogue`, written in float32: int8
-// through oneDNN, float32 and bfloat16 through the process's GEMM library (model/linear.h).
+// x [R,in] · weightᵀ ([out,in]) + bias (float32), then `epilogue`, written in float32, in float32
+// or bfloat16 through the process's GEMM library (model/linear.h).
 at::Tensor Product(const Operand& x, const Operand& weight, const at::Tensor& bias, model::Epilogue epilogue) {
-  if (x.values.scalar_type() == at::kChar) {
-    return model::onednn::LinearInt8({x.values, x.int8_scale}, {weight.values, weight.int8_scale, weight.int8_row_scales},
-                                     bias, epilogue);
-  }
   epilogue.output_dtype = at::kFloat;
   return model::Linear(x.values, weight.values, bias.defined() ? model::ConvertForProduct(bias, x.values.scalar_type()) : bias,
                        epilogue);
+}
+
+// int8: x · weightᵀ's integer sums in float32 (model::onednn::MultiplyInt8), whose scale the pass
+// that reads them applies.
+at::Tensor Int8Sums(const Operand& x, const Operand& weight) {
+  return model::onednn::MultiplyInt8(x.values, weight.values);
 }
 
 // The rows of 2·Φ(X) = X + tanh(norm(X)·Wᵀ + b)·T (§7) for an image's [R,D] block X, with norm(X),
 // W and T already in the products' dtype, and the gate tanh(...) [R,2N] kept for the backward
 // pass. 2·Φ(X) is used in place of Φ(X): the probabilities only see it normalised.
 struct Forward {
-  at::Tensor gate;     // [R,2N] float32
-  at::Tensor doubled;  // [R,D] float32
+  at::Tensor gate;      // [R,2N] float32
+  AdapterRows doubled;  // [R,D] float32 (under int8, as the product's sums with their scale and X)
 };
 
 Forward AdapterForward(const at::Tensor& x, const Operand& normalized, const Operand& weight, const at::Tensor& bias,
                        const Operand& prompts, at::ScalarType compute) {
-  Forward f;
-  f.gate = Product(normalized, weight, bias, {model::Activation::kTanh, {}});
+  if (compute == at::kChar) {
+    // The scales, bias, tanh and X go into the passes that read the sums: oneDNN's int8 products
+    // run faster without them (model/onednn_ops.h).
+    at::Tensor gate = Int8Sums(normalized, weight);
+    const at::Tensor column_scales = weight.int8_row_scales.defined()
+                                         ? weight.int8_row_scales * normalized.int8_scale
+                                         : at::full({gate.size(1)}, normalized.int8_scale * weight.int8_scale, gate.options());
+    const Operand gate_int8 = ForProduct(gate, compute, TanhGate(gate, column_scales, bias));
+    return {gate, AdapterRows(Int8Sums(gate_int8, prompts.t()), gate_int8.int8_scale * prompts.int8_scale, x)};
+  }
+  Forward f{Product(normalized, weight, bias, {model::Activation::kTanh, {}}), at::Tensor()};
   // gate·T as a linear layer whose weight is Tᵀ [D,2N], read in place through its strides, with X
   // added as it is written.
   f.doubled = Product(ForProduct(f.gate, compute), prompts.t(), {}, {model::Activation::kNone, x});
@@ -343,8 +354,11 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
                                        prompts_compute, compute);
       const AdapterLoss g = AdapterLossGradient(f.doubled, text_features, tokens, half * tokens);
       half_losses[half] = g.loss.item<float>();
-      const auto d_gate = Product(ForProduct(g.d_doubled, compute, g.d_doubled_largest), prompts_compute, {}, {});
-      half_d_bias[half] = BackThroughGate(d_gate, f.gate, d_preactivation.narrow(0, row, tokens));
+      const Operand d_doubled = ForProduct(g.d_doubled, compute, g.d_doubled_largest);
+      const auto d_preactivation_rows = d_preactivation.narrow(0, row, tokens);
+      half_d_bias[half] = int8 ? BackThroughGate(Int8Sums(d_doubled, prompts_compute), f.gate, d_preactivation_rows,
+                                                 d_doubled.int8_scale * prompts_compute.int8_scale)
+                               : BackThroughGate(Product(d_doubled, prompts_compute, {}, {}), f.gate, d_preactivation_rows);
       if (half == 0 && step + 1 < options_.steps) {
         draw_noise(step + 1);
         noisy_first_part_largest[(step + 1) % 2] = prepare_noisy_rows(step + 1, 0, noisy_rows_first_part);

@@ -8,34 +8,10 @@
 #include "c10/util/Exception.h"
 #include "common/blas_info.h"
 #include "common/vector_clones.h"
+#include "common/vector_math.h"
 
 namespace anoclip::model {
 namespace {
-
-// e^x for x <= 0 (a softmax's inputs less their row's largest): 2^n · p(r) with n = round(x·log2 e)
-// and r = x - n·ln 2 in [-ln2/2, ln2/2], p Cephes' expf polynomial of degree 7 (about one
-// ulp). Written without library calls or branches so that the compiler vectorises the loops that
-// call it; below -87.3, where e^x leaves float's normal range, 0. NaN stays NaN.
-inline float ExpOfNonPositive(float x) {
-  constexpr float kRoundingShift = 12582912.0f;  // 1.5·2²³: adding it rounds to an integer
-  constexpr uint32_t kRoundingShiftBits = 0x4B400000;
-  const float shifted = x * 1.44269504088896341f + kRoundingShift;
-  const float n = shifted - kRoundingShift;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln 2 in two parts: exact n·ln2
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  uint32_t n_bits;
-  std::memcpy(&n_bits, &shifted, sizeof n_bits);  // n in the low bits, whatever x is
-  const uint32_t exponent_bits = (n_bits - kRoundingShiftBits + 127u) << 23;
-  float power;
-  std::memcpy(&power, &exponent_bits, sizeof power);
-  return x < -87.3f ? 0.0f : p * power;
-}
 
 // One row: its largest value, then e^(x - largest) summed in sixteen partial sums (the same sums
 // on every instruction set), then each divided by the sum.

@@ -221,66 +221,29 @@ Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest) {
   return q;
 }
 
-at::Tensor LinearInt8(const Int8Matrix& x, const Int8Matrix& weight, const at::Tensor& bias, const Epilogue& epilogue) {
-  TORCH_CHECK(x.values.dim() == 2 && weight.values.dim() == 2 && x.values.scalar_type() == at::kChar &&
-                  weight.values.scalar_type() == at::kChar && x.values.device().is_cpu() &&
-                  weight.values.device().is_cpu(),
-              "LinearInt8 takes 2-D int8 CPU matrices");
-  const int64_t m = x.values.size(0), in = x.values.size(1), out = weight.values.size(0);
-  TORCH_CHECK(weight.values.size(1) == in, "linear input has ", in, " features, weight expects ",
-              weight.values.size(1));
-  auto y = at::empty({m, out}, x.values.options().dtype(at::kFloat));
-  if (m == 0 || out == 0) return y;
-  if (in == 0) return ApplyEpilogue(bias.defined() ? bias.expand({m, out}).clone() : y.zero_(), epilogue);
-  const auto rows = WithUnitStride(x.values), w = WithUnitStride(weight.values);
-
-  // oneDNN adds an int8 product's bias to the int32 sums before it scales them (v2's int8
-  // semantics), so the bias goes in divided by the scale: 0.05 ms less per product than adding
-  // it after. Then the activation and the residual, in float32, as the product is written.
-  // One scale for the output, or one per output column where the weight has one per row.
-  float scale = x.scale * weight.scale;
-  at::Tensor column_scales;
-  if (weight.row_scales.defined()) {
-    TORCH_CHECK(weight.row_scales.numel() == out && weight.row_scales.scalar_type() == at::kFloat &&
-                    weight.row_scales.device().is_cpu(),
-                "the weight's row scales must be float32 [", out, "] on the CPU");
-    column_scales = (weight.row_scales.reshape({1, out}) * x.scale).contiguous();
+at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight, at::Tensor out) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.scalar_type() == at::kChar && weight.scalar_type() == at::kChar &&
+                  x.device().is_cpu() && weight.device().is_cpu(),
+              "MultiplyInt8 takes 2-D int8 CPU matrices");
+  const int64_t m = x.size(0), in = x.size(1), n = weight.size(0);
+  TORCH_CHECK(weight.size(1) == in, "the product's input has ", in, " columns, its weight ", weight.size(1));
+  if (out.defined()) {
+    TORCH_CHECK(out.sizes() == at::IntArrayRef({m, n}) && out.scalar_type() == at::kFloat && out.device().is_cpu() &&
+                    out.is_contiguous(),
+                "MultiplyInt8 writes into a dense float32 [", m, ",", n, "] CPU tensor");
+  } else {
+    out = at::empty({m, n}, x.options().dtype(at::kFloat));
   }
-  dnnl::primitive_attr attr;
-  attr.set_output_scales(column_scales.defined() ? 1 << 1 : 0, {DNNL_RUNTIME_F32_VAL});
-  dnnl::post_ops post_ops;
-  std::unordered_map<int, memory> args;
-  at::Tensor bias_in_sums, residual;  // held until the product has run
-  memory::desc bias_desc;
-  if (bias.defined()) {
-    TORCH_CHECK(bias.numel() == out && bias.scalar_type() == at::kFloat, "bias must be float32 [", out, "]");
-    bias_in_sums = column_scales.defined() ? (bias.reshape({1, out}) / column_scales).contiguous()
-                                           : (bias.reshape({1, out}) / scale).contiguous();
-    bias_desc = memory::desc({1, out}, memory::data_type::f32, {out, 1});
-    args.emplace(DNNL_ARG_BIAS, Bind(bias_desc, bias_in_sums));
-  }
-  AppendActivation(epilogue.activation, post_ops);
-  if (epilogue.residual.defined()) {
-    memory::desc residual_desc;
-    std::tie(residual, residual_desc) = DenseResidual(epilogue, m, out);
-    post_ops.append_binary(dnnl::algorithm::binary_add, residual_desc);
-    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_ops.len() - 1) | DNNL_ARG_SRC_1, Bind(residual_desc, residual));
-  }
-  attr.set_post_ops(post_ops);
-
+  if (out.numel() == 0) return out;
+  if (in == 0) return out.zero_();
+  const auto rows = WithUnitStride(x), w = WithUnitStride(weight);
   const memory::desc src({m, in}, memory::data_type::s8, {rows.stride(0), rows.stride(1)});
-  const memory::desc weights({in, out}, memory::data_type::s8, {w.stride(1), w.stride(0)});
-  const auto dst = Describe(y, {m, out}, {out, 1});
-  args.emplace(DNNL_ARG_SRC, Bind(src, rows));
-  args.emplace(DNNL_ARG_WEIGHTS, Bind(weights, w));
-  args.emplace(DNNL_ARG_DST, Bind(dst, y));
-  args.emplace(DNNL_ARG_ATTR_OUTPUT_SCALES,
-               column_scales.defined()
-                   ? Bind(memory::desc({out}, memory::data_type::f32, memory::format_tag::a), column_scales)
-                   : memory(memory::desc({1}, memory::data_type::f32, memory::format_tag::a), Engine(), &scale));
-  const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, bias_desc, dst), attr, Engine());
-  dnnl::matmul(WarnIfReference(plan)).execute(Stream(), args);
-  return y;
+  const memory::desc weights({in, n}, memory::data_type::s8, {w.stride(1), w.stride(0)});
+  const auto dst = Describe(out, {m, n}, {n, 1});
+  const dnnl::matmul::primitive_desc plan(dnnl::matmul::desc(src, weights, dst), Engine());
+  dnnl::matmul(WarnIfReference(plan))
+      .execute(Stream(), {{DNNL_ARG_SRC, Bind(src, rows)}, {DNNL_ARG_WEIGHTS, Bind(weights, w)}, {DNNL_ARG_DST, Bind(dst, out)}});
+  return out;
 }
 
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {

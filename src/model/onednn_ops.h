@@ -41,16 +41,12 @@ PackedWeight Pack(const at::Tensor& weight);
 // else contiguous.
 at::Tensor Convert(const at::Tensor& x, at::ScalarType dtype);
 
-// A float32 matrix in int8 for LinearInt8: x ≈ scale · values, symmetric, one scale for the
-// whole matrix (its largest magnitude maps to 127), or one per row where `row_scales` is given.
+// A float32 matrix in int8: x ≈ scale · values, symmetric, one scale for the whole matrix (its
+// largest magnitude maps to 127).
 struct Int8Matrix {
   at::Tensor values;  // int8, [rows, columns], any strides
   float scale = 1;
-  at::Tensor row_scales;  // float32 [rows], in place of `scale`: a weight's, per output
-  Int8Matrix t() const {  // the transpose, a view
-    TORCH_CHECK(!row_scales.defined(), "a matrix with a scale per row has no transpose here");
-    return {values.t(), scale};
-  }
+  Int8Matrix t() const { return {values.t(), scale}; }  // the transpose, a view
 };
 
 // x (float32 on the CPU, 2-D, any strides) rounded to Int8Matrix through oneDNN's reorder; dense in
@@ -59,14 +55,17 @@ struct Int8Matrix {
 // all-zero x gets scale 1, one with a NaN or infinity a NaN or infinite scale.
 Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest = std::nullopt);
 
-// x [m,k] · weightᵀ (weight [n,k], one scale, or one per row) in int8 with int32 sums, times both
-// scales, + bias ([n] float32
-// or undefined), then `epilogue` (its residual float32 or bfloat16); written in float32. Both read
-// in place through their strides where one of them is 1.
-at::Tensor LinearInt8(const Int8Matrix& x, const Int8Matrix& weight, const at::Tensor& bias, const Epilogue& epilogue);
+// x [m,k] · weightᵀ (weight [n,k]), int8 matrices read in place through their strides where one
+// of each is 1, with int32 sums; the sums written as float32 into `out` (dense [m,n] float32) or a
+// new tensor, and returned. Exact while k·127² < 2²⁴ (k <= 1040), else rounded as float32 rounds.
+// No scale, bias or activation: the pass that reads the sums applies them. oneDNN 2.6 runs a
+// product with run-time scales or post-ops on its older int8 gemm, without them on its brgemm
+// kernels: 0.30 against 0.43-0.48 ms for the adapter's [225×640]·[640×924] with a tanh
+// (docs/performance.md).
+at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight, at::Tensor out = {});
 
 // Whether the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), where
-// LinearInt8 runs about twice as fast as bfloat16's products.
+// MultiplyInt8 runs about twice as fast as bfloat16's products.
 bool HasNativeInt8();
 
 // y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the

@@ -134,6 +134,51 @@ TEST(AdapterLossTest, AbnormalProbabilitiesEqualLibtorchsSoftmax) {
                               AbnormalProbabilities(low, text), 2e-2, 1e-3));
 }
 
+// Under int8 the rows of 2·Φ(X) come as X + scale·sums: the loss, its gradient and the
+// probabilities from them equal those from the rows added up beforehand, on both paths.
+TEST(AdapterLossTest, RowsAddedUpAsReadEqualTheRowsThemselves) {
+  torch::manual_seed(28);
+  const int64_t clean = 37, dim = 45;
+  const auto sums = torch::randint(-5000, 5000, {2 * clean, dim}).to(torch::kFloat), x = torch::randn({2 * clean, dim}) * 3;
+  const float scale = 1.7e-3f;
+  const auto text = Normalize(torch::randn({2, dim}));
+  const AdapterRows parts(sums, scale, x);
+  const auto rows = x + sums * scale;
+  EXPECT_TRUE(torch::allclose(parts.Rows(), rows, 1e-6, 1e-6));
+  const AdapterLoss from_parts = AdapterLossGradient(parts, text, clean), whole = AdapterLossGradient(rows, text, clean);
+  EXPECT_NEAR(from_parts.loss.item<float>(), whole.loss.item<float>(), 1e-6);
+  EXPECT_TRUE(torch::allclose(from_parts.d_doubled, whole.d_doubled, 1e-5, 1e-7));
+  EXPECT_EQ(from_parts.d_doubled_largest, from_parts.d_doubled.abs().max().item<float>());
+  // The noisy half alone, rows of a larger block (strided sums are made dense first).
+  const AdapterRows noisy_half(sums.narrow(0, clean, clean), scale, x.narrow(0, clean, clean));
+  EXPECT_TRUE(torch::allclose(AdapterLossGradient(noisy_half, text, clean, clean).d_doubled,
+                              whole.d_doubled.narrow(0, clean, clean), 1e-5, 1e-7));
+  EXPECT_TRUE(torch::allclose(AbnormalProbabilities(parts, text), AbnormalProbabilities(rows, text), 1e-6, 1e-7));
+  const AdapterRows wide(sums.t().contiguous().t(), scale, x);
+  EXPECT_TRUE(torch::allclose(AbnormalProbabilities(wide, text), AbnormalProbabilities(rows, text), 1e-6, 1e-7));
+  EXPECT_THROW(AdapterLossGradient(AdapterRows(sums, scale, x.narrow(1, 0, 44)), text, clean), c10::Error);
+}
+
+// The gate from an int8 product's sums: its scales per column and the bias applied, then tanh, in
+// place; the largest magnitude returned for the gate's own int8 copy, a NaN kept.
+TEST(AdapterLossTest, TanhGateAppliesScalesBiasAndTanh) {
+  torch::manual_seed(29);
+  const int64_t rows = 37, columns = 45;
+  const auto sums = torch::randint(-20000, 20000, {rows, columns}).to(torch::kFloat);
+  const auto scales = torch::rand({columns}) * 1e-4, bias = torch::randn({columns}) * 0.3;
+  auto gate = sums.clone();
+  const float largest = TanhGate(gate, scales, bias);
+  const auto want = torch::tanh(sums * scales + bias);
+  EXPECT_TRUE(torch::allclose(gate, want, 1e-6, 1e-7)) << (gate - want).abs().max().item<float>();
+  EXPECT_EQ(largest, gate.abs().max().item<float>());
+  EXPECT_GT(largest, 0.9f);  // saturating columns among them
+  gate[20][3] = NAN;
+  EXPECT_TRUE(std::isnan(TanhGate(gate, scales, bias)));
+  EXPECT_THROW(TanhGate(gate, scales.narrow(0, 0, 44), bias), c10::Error);
+  auto strided = sums.t().contiguous().t();
+  EXPECT_THROW(TanhGate(strided, scales, bias), c10::Error);
+}
+
 // The gate's backward pass and the noisy rows in one pass on the CPU against libtorch's ops; their
 // ops paths reached through CPU tensors the passes do not take (bfloat16, a strided output).
 TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
@@ -145,6 +190,11 @@ TEST(AdapterLossTest, GateBackwardAndNoisyRowsEqualLibtorchsOps) {
   const auto want = at::tanh_backward(d_gate, gate);
   EXPECT_TRUE(torch::allclose(d_preactivation, want, 1e-6, 1e-7));
   EXPECT_TRUE(torch::allclose(d_bias, want.sum(0), 1e-5, 1e-6));
+  // An int8 product's sums with their scale as ∂/∂G.
+  auto from_sums = torch::empty({rows, columns});
+  const auto sums_d_bias = BackThroughGate(d_gate * 1000, gate, from_sums, 1e-3f);
+  EXPECT_TRUE(torch::allclose(from_sums, want, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(sums_d_bias, d_bias, 1e-5, 1e-6));
   // Written in bfloat16 for a bfloat16 product: the float32 values rounded to nearest even, as a
   // conversion rounds them, ∂/∂b still summed in float32.
   auto low = torch::empty({rows, columns}, torch::kBFloat16);

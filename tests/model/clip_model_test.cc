@@ -405,12 +405,11 @@ TEST(LinearTest, PackedWeightGivesThePlainProductAtEveryRowCount) {
 }
 
 // int8: the rounding is oneDNN's reorder by the largest magnitude, and the product is the exact
-// product of the rounded matrices, scaled, with bias, activation and residual; a transposed view
-// is read in place.
-TEST(LinearTest, Int8ProductIsTheScaledProductOfTheRoundedMatrices) {
+// product of the rounded matrices (integer sums, in float32); a transposed view is read in place.
+TEST(LinearTest, Int8ProductIsTheExactProductOfTheRoundedMatrices) {
   torch::manual_seed(13);
   torch::NoGradGuard no_grad;
-  const auto x = torch::randn({37, 64}), weight = torch::randn({48, 64}) * 0.1, bias = torch::randn({48});
+  const auto x = torch::randn({37, 64}), weight = torch::randn({48, 64}) * 0.1;
   const onednn::Int8Matrix qx = onednn::QuantizeInt8(x), qw = onednn::QuantizeInt8(weight.t().contiguous().t());
   ASSERT_EQ(qx.values.scalar_type(), torch::kInt8);
   EXPECT_FLOAT_EQ(qx.scale, x.abs().max().item<float>() / 127);
@@ -418,46 +417,39 @@ TEST(LinearTest, Int8ProductIsTheScaledProductOfTheRoundedMatrices) {
   EXPECT_EQ(qx.values.abs().max().item<int>(), 127);
   EXPECT_EQ(qw.values.strides(), weight.t().contiguous().t().strides());  // the transposed layout kept
   EXPECT_TRUE(torch::equal(qw.values, (weight * (1 / qw.scale)).round().to(torch::kInt8)));
-  // A caller's largest magnitude is taken as it is; an all-zero matrix gets scale 1.
+  // A caller's largest magnitude is taken as it is; an all-zero matrix gets scale 1; a NaN makes
+  // the scale NaN, which the pass applying it then shows.
   EXPECT_FLOAT_EQ(onednn::QuantizeInt8(x, 2.54f).scale, 0.02f);
   const auto zero = onednn::QuantizeInt8(torch::zeros({3, 5}));
   EXPECT_EQ(zero.scale, 1.0f);
   EXPECT_EQ(zero.values.abs().max().item<int>(), 0);
-  // A NaN among the values shows in the product rather than vanishing in the rounding.
   auto with_nan = x.clone();
   with_nan[3][7] = NAN;
-  EXPECT_TRUE(torch::isnan(onednn::LinearInt8(onednn::QuantizeInt8(with_nan), qw, bias, {})).all().item<bool>());
+  EXPECT_TRUE(std::isnan(onednn::QuantizeInt8(with_nan).scale));
 
-  const auto rounded = at::linear(qx.values.to(torch::kFloat), qw.values.to(torch::kFloat)) * (qx.scale * qw.scale);
-  const auto residual = torch::randn({37, 48});
-  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, qw, bias, {}), rounded + bias, 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, qw, bias, {Activation::kTanh, {}}), torch::tanh(rounded + bias),
-                              1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, qw, {}, {Activation::kNone, residual}), rounded + residual, 1e-5,
-                              1e-5));
-  // xᵀ's transpose, read through its strides, is x.
+  const auto exact_sums = at::linear(qx.values.to(torch::kDouble), qw.values.to(torch::kDouble)).to(torch::kFloat);
+  const auto sums = onednn::MultiplyInt8(qx.values, qw.values);
+  ASSERT_EQ(sums.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(sums, exact_sums));
+  // xᵀ's transpose, read through its strides, is x; into a caller's tensor.
   const auto qxt = onednn::QuantizeInt8(x.t().contiguous());
-  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qxt.t(), qw, {}, {}), rounded, 1e-5, 1e-5));
-  // And the whole stays within int8's rounding of the float32 product: each operand is off by at
-  // most half a step, 64 terms.
-  const auto exact = at::linear(x, weight, bias);
+  auto out = torch::full({37, 48}, 5.0f);
+  const auto written = onednn::MultiplyInt8(qxt.t().values, qw.values, out);
+  EXPECT_EQ(written.data_ptr(), out.data_ptr());
+  EXPECT_TRUE(torch::equal(out, exact_sums));
+  // Scaled, within int8's rounding of the float32 product: each operand is off by at most half a
+  // step, 64 terms.
   const float bound = 0.5f * 64 * (qx.scale * weight.abs().max().item<float>() +
                                    qw.scale * x.abs().max().item<float>() + qx.scale * qw.scale);
-  EXPECT_LT((onednn::LinearInt8(qx, qw, bias, {}) - exact).abs().max().item<float>(), bound);
-  EXPECT_THROW(onednn::LinearInt8(qx, qw.t(), {}, {}), c10::Error);  // 64 columns against 48
-
-  // A weight with a scale per row (per output column of the product): each row rounded at its own.
-  auto row_scaled_weight = weight * torch::linspace(0.1, 3, 48).unsqueeze(1);
-  const auto row_scales = row_scaled_weight.abs().amax(1) / 127;
-  const onednn::Int8Matrix per_row{(row_scaled_weight / row_scales.unsqueeze(1)).round().to(torch::kInt8), 0, row_scales};
-  const auto per_row_rounded =
-      at::linear(qx.values.to(torch::kFloat), per_row.values.to(torch::kFloat)) * (row_scales * qx.scale);
-  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, per_row, bias, {Activation::kTanh, {}}),
-                              torch::tanh(per_row_rounded + bias), 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(onednn::LinearInt8(qx, per_row, {}, {Activation::kNone, residual}),
-                              per_row_rounded + residual, 1e-5, 1e-5));
-  EXPECT_THROW(per_row.t(), c10::Error);
-  EXPECT_THROW(onednn::LinearInt8(qx, {per_row.values, 0, row_scales.narrow(0, 0, 47)}, {}, {}), c10::Error);
+  EXPECT_LT((sums * (qx.scale * qw.scale) - at::linear(x, weight)).abs().max().item<float>(), bound);
+  // Exact up to 1040 terms of ±127·127, the most float32 holds.
+  const auto extreme = torch::full({2, 1040}, 127, torch::kInt8), negative = -extreme;
+  EXPECT_EQ(onednn::MultiplyInt8(extreme, extreme)[0][0].item<float>(), 1040.0f * 127 * 127);
+  EXPECT_EQ(onednn::MultiplyInt8(extreme, negative)[1][1].item<float>(), -1040.0f * 127 * 127);
+  EXPECT_THROW(onednn::MultiplyInt8(qx.values, qw.values.t()), c10::Error);  // 64 columns against 48
+  auto wrong_shape = torch::empty({37, 47});
+  EXPECT_THROW(onednn::MultiplyInt8(qx.values, qw.values, wrong_shape), c10::Error);
+  EXPECT_THROW(onednn::MultiplyInt8(x, qw.values), c10::Error);  // float32, not int8
 }
 
 TEST(LinearTest, ParsesLibraryNames) {
