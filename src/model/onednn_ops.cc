@@ -221,19 +221,13 @@ Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest) {
   return q;
 }
 
-at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight, at::Tensor out) {
+at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.scalar_type() == at::kChar && weight.scalar_type() == at::kChar &&
                   x.device().is_cpu() && weight.device().is_cpu(),
               "MultiplyInt8 takes 2-D int8 CPU matrices");
   const int64_t m = x.size(0), in = x.size(1), n = weight.size(0);
   TORCH_CHECK(weight.size(1) == in, "the product's input has ", in, " columns, its weight ", weight.size(1));
-  if (out.defined()) {
-    TORCH_CHECK(out.sizes() == at::IntArrayRef({m, n}) && out.scalar_type() == at::kFloat && out.device().is_cpu() &&
-                    out.is_contiguous(),
-                "MultiplyInt8 writes into a dense float32 [", m, ",", n, "] CPU tensor");
-  } else {
-    out = at::empty({m, n}, x.options().dtype(at::kFloat));
-  }
+  auto out = at::empty({m, n}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
   if (in == 0) return out.zero_();
   const auto rows = WithUnitStride(x), w = WithUnitStride(weight);

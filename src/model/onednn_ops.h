@@ -56,13 +56,13 @@ struct Int8Matrix {
 Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest = std::nullopt);
 
 // x [m,k] · weightᵀ (weight [n,k]), int8 matrices read in place through their strides where one
-// of each is 1, with int32 sums; the sums written as float32 into `out` (dense [m,n] float32) or a
-// new tensor, and returned. Exact while k·127² < 2²⁴ (k <= 1040), else rounded as float32 rounds.
+// of each is 1, with int32 sums, written as float32 [m,n]. Exact while k·127² < 2²⁴ (k <= 1040),
+// else rounded as float32 rounds.
 // No scale, bias or activation: the pass that reads the sums applies them. oneDNN 2.6 runs a
 // product with run-time scales or post-ops on its older int8 gemm, without them on its brgemm
 // kernels: 0.30 against 0.43-0.48 ms for the adapter's [225×640]·[640×924] with a tanh
 // (docs/performance.md).
-at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight, at::Tensor out = {});
+at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight);
 
 // Whether the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), where
 // MultiplyInt8 runs about twice as fast as bfloat16's products.
