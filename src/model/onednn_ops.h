@@ -60,8 +60,8 @@ Int8Matrix QuantizeInt8(const at::Tensor& x, std::optional<float> largest = std:
 // else rounded as float32 rounds.
 // No scale, bias or activation: the pass that reads the sums applies them. oneDNN 2.6 runs a
 // product with run-time scales or post-ops on its older int8 gemm, without them on its brgemm
-// kernels: 0.30 against 0.43-0.48 ms for the adapter's [225×640]·[640×924] with a tanh
-// (docs/performance.md).
+// kernels: on one thread, 0.30 against 0.47-0.52 ms for the adapter's [225×640]·[640×924] with
+// run-time scales, bias and tanh (docs/performance.md).
 at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight);
 
 // Whether the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), where
