@@ -461,17 +461,28 @@ TEST_F(ClipModelTest, BothTowersAgreeThroughBlasAndOneDnn) {
   torch::NoGradGuard no_grad;
   auto images = torch::randn({2, 3, 80, 80});
   auto tokens = torch::randint(1, 400, {3, config_.text.context_length}, torch::kLong);
-  VisionOutput vision[2];
+  VisionOutput vision[2], local_aware[2], plain[2];
   at::Tensor text[2];
   for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
     GemmLibraryScope scope(library);
     vision[static_cast<int>(library)] = model->EncodeImage(images, {true, true});
     text[static_cast<int>(library)] = model->EncodeText(tokens);
+    // Each path alone: the local-aware one skips the last block's queries and keys.
+    local_aware[static_cast<int>(library)] = model->EncodeImage(images, {true, false});
+    plain[static_cast<int>(library)] = model->EncodeImage(images, {false, true});
   }
   ExpectWithinReferenceTolerance(vision[0].image_embedding, vision[1].image_embedding, "image embedding");
   ExpectWithinReferenceTolerance(vision[0].local_aware_patches, vision[1].local_aware_patches, "local-aware patches");
   ExpectWithinReferenceTolerance(vision[0].plain_patches, vision[1].plain_patches, "plain patches");
   ExpectWithinReferenceTolerance(text[0], text[1], "text features");
+  for (const VisionOutput& alone : {local_aware[0], local_aware[1]}) {
+    ExpectWithinReferenceTolerance(vision[0].image_embedding, alone.image_embedding, "image embedding, local-aware");
+    ExpectWithinReferenceTolerance(vision[0].local_aware_patches, alone.local_aware_patches, "local-aware patches alone");
+  }
+  for (const VisionOutput& alone : {plain[0], plain[1]}) {
+    ExpectWithinReferenceTolerance(vision[0].image_embedding, alone.image_embedding, "image embedding, plain");
+    ExpectWithinReferenceTolerance(vision[0].plain_patches, alone.plain_patches, "plain patches alone");
+  }
 }
 
 // The vision tower with its weights packed on first use (the server's float32 oneDNN path) gives
