@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/linear.h"
 
 namespace anoclip::model {
 
@@ -48,11 +49,19 @@ LocalAwareEncoderImpl::LocalAwareEncoderImpl(const VisionConfig& cfg, int64_t em
 }
 
 VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const VisionRequest& request) {
-  const int64_t batch = images.size(0);
-  auto x = conv1->forward(images).flatten(2).transpose(1, 2);  // [B,M,C]
+  const int64_t batch = images.size(0), patch = config.patch_size;
+  const int64_t rows = images.size(2) / patch, columns = images.size(3) / patch;
+  // conv1's stride is its kernel, so the patch embedding is one product of each patch's pixels
+  // with the kernel, through Linear like every other product (docs/performance.md).
+  auto patches = images.narrow(2, 0, rows * patch)
+                     .narrow(3, 0, columns * patch)
+                     .reshape({batch, images.size(1), rows, patch, columns, patch})
+                     .permute({0, 2, 4, 1, 3, 5})
+                     .reshape({batch, rows * columns, -1});
+  auto x = Linear(patches, conv1->weight.flatten(1), {});  // [B,M,C]
   auto cls = class_embedding.view({1, 1, -1}).expand({batch, 1, -1}).to(x.dtype());
   x = torch::cat({cls, x}, 1) + positional_embedding.to(x.dtype());
-  auto z = ln_pre->forward(x);
+  auto z = Normalize(ln_pre, x);
   at::Tensor vv = request.local_aware_patches ? z : at::Tensor();
 
   const size_t layers = transformer->blocks.size();
@@ -60,13 +69,13 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
     auto& block = transformer->blocks[l];
     block->PackWeightsIfAsked();
     const bool last = l + 1 == layers;
-    auto y = block->ln_1->forward(z);
+    auto y = Normalize(block->ln_1, z);
     if (last && !request.plain_patches) {
       // Only the image token's original-path output is read after the last block.
       auto v = block->attn->ProjectValue(y);
       if (vv.defined()) vv = block->attn->Attend(v, v, v, {}, vv);
       auto h = z.narrow(1, 0, 1) + block->attn->AttendFromFirstToken(y, v);
-      z = block->mlp->forward(block->ln_2->forward(h), h);
+      z = block->mlp->forward(Normalize(block->ln_2, h), h);
       break;
     }
     auto [q, k, v] = block->attn->Project(y);
@@ -80,16 +89,17 @@ VisionOutput LocalAwareEncoderImpl::forward(const at::Tensor& images, const Visi
     } else {
       h = block->attn->Attend(q, k, v, {}, z);
     }
-    z = block->mlp->forward(block->ln_2->forward(h), h);
+    z = block->mlp->forward(Normalize(block->ln_2, h), h);
   }
 
   VisionOutput out;
-  out.image_embedding = at::matmul(ln_post->forward(z.select(1, 0)), proj);
+  // proj [C,E] is read as the [E,C] weight Linear takes, through its strides.
+  out.image_embedding = Linear(Normalize(ln_post, z.select(1, 0)), proj.t(), {});
   if (request.plain_patches) {
-    out.plain_patches = at::matmul(ln_post->forward(z.narrow(1, 1, z.size(1) - 1)), proj);
+    out.plain_patches = Linear(Normalize(ln_post, z.narrow(1, 1, z.size(1) - 1)), proj.t(), {});
   }
   if (vv.defined()) {
-    out.local_aware_patches = at::matmul(ln_post->forward(vv.narrow(1, 1, vv.size(1) - 1)), proj);
+    out.local_aware_patches = Linear(Normalize(ln_post, vv.narrow(1, 1, vv.size(1) - 1)), proj.t(), {});
   }
   return out;
 }
@@ -201,7 +211,7 @@ at::Tensor ClipModelImpl::EncodeTextTree(const TextPrefixTree& tree, const torch
   auto mask = torch::full({length, length}, -std::numeric_limits<float>::infinity(), x.options()).triu(1);
   const int64_t rows = static_cast<int64_t>(tree.ends.size());
   x = transformer->ForwardTree(x, index(tree.paths).view({rows, length}), index(tree.owners), mask);
-  return at::matmul(ln_final->forward(x.index_select(0, index(tree.ends))), text_projection);
+  return at::matmul(Normalize(ln_final, x.index_select(0, index(tree.ends))), text_projection);
 }
 
 at::Tensor ClipModelImpl::EncodeTextPositions(const at::Tensor& token_ids, const at::Tensor& end_positions,
@@ -212,7 +222,7 @@ at::Tensor ClipModelImpl::EncodeTextPositions(const at::Tensor& token_ids, const
                   .triu(1);
   x = transformer->forward(x, mask);
   auto rows = torch::arange(x.size(0), torch::TensorOptions().device(x.device()).dtype(torch::kLong));
-  return at::matmul(ln_final->forward(x.index({rows, end_positions})), text_projection);
+  return at::matmul(Normalize(ln_final, x.index({rows, end_positions})), text_projection);
 }
 
 absl::Status LoadClipWeights(ClipModel& model, const io::StateDict& weights) {

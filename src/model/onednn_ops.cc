@@ -240,6 +240,28 @@ at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight) {
   return out;
 }
 
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1, "LayerNorm takes dense float32 rows");
+  const int64_t columns = x.size(-1), rows = columns == 0 ? 0 : x.numel() / columns;
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat && weight.is_contiguous() &&
+                  bias.is_contiguous() && weight.numel() == columns && bias.numel() == columns,
+              "LayerNorm's weight and bias are dense float32 [", columns, "]");
+  auto y = at::empty_like(x);
+  if (rows == 0 || columns == 0) return y;
+  const memory::desc rows_desc({rows, columns}, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc channel_desc({columns}, memory::data_type::f32, memory::format_tag::a);
+  const dnnl::layer_normalization_forward::primitive_desc plan(
+      dnnl::layer_normalization_forward::desc(dnnl::prop_kind::forward_inference, rows_desc, static_cast<float>(eps),
+                                              dnnl::normalization_flags::use_scale |
+                                                  dnnl::normalization_flags::use_shift),
+      Engine());
+  dnnl::layer_normalization_forward(plan).execute(Stream(), {{DNNL_ARG_SRC, Bind(rows_desc, x)},
+                                                             {DNNL_ARG_DST, Bind(rows_desc, y)},
+                                                             {DNNL_ARG_SCALE, Bind(channel_desc, weight)},
+                                                             {DNNL_ARG_SHIFT, Bind(channel_desc, bias)}});
+  return y;
+}
+
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y) {
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous() && y.is_contiguous(), "Sgemm takes contiguous operands");
   const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);

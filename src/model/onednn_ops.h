@@ -68,6 +68,10 @@ at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight);
 // MultiplyInt8 runs about twice as fast as bfloat16's products.
 bool HasNativeInt8();
 
+// Layer normalisation of x's rows (dense float32, [..., C]) with weight and bias ([C], float32),
+// through oneDNN's layer normalization primitive (model/layer_norm.h).
+at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
 // y [m,n] = x [m,k] · weightᵀ ([n,k]), all contiguous, through oneDNN's BLAS-style sgemm: the
 // bench's reference rate for oneDNN next to the primitive that Linear runs.
 void Sgemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y);

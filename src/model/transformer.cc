@@ -6,6 +6,7 @@
 
 #include "io/state_dict.h"
 #include "model/head_attention.h"
+#include "model/layer_norm.h"
 #include "model/linear.h"
 #include "model/onednn_ops.h"
 
@@ -42,6 +43,10 @@ PackedWeight PackAndRelease(const at::Tensor& weight) {
 }
 
 }  // namespace
+
+at::Tensor Normalize(const torch::nn::LayerNorm& ln, const at::Tensor& x) {
+  return LayerNorm(x, ln->weight, ln->bias, ln->options.eps());
+}
 
 torch::nn::Linear MakeLinear(int64_t in, int64_t out, ParameterInit init) {
   if (init == ParameterInit::kRandom) return torch::nn::Linear(in, out);
@@ -224,16 +229,16 @@ void ResidualAttentionBlockImpl::PackWeightsIfAsked() {
 
 at::Tensor ResidualAttentionBlockImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
   PackWeightsIfAsked();
-  auto [q, k, v] = attn->Project(ln_1->forward(x));
+  auto [q, k, v] = attn->Project(Normalize(ln_1, x));
   auto h = attn->Attend(q, k, v, mask, x);
-  return mlp->forward(ln_2->forward(h), h);
+  return mlp->forward(Normalize(ln_2, h), h);
 }
 
 at::Tensor ResidualAttentionBlockImpl::ForwardTree(const at::Tensor& x, const at::Tensor& paths,
                                                    const at::Tensor& owners, const at::Tensor& mask) {
   PackWeightsIfAsked();
-  auto h = attn->AttendTree(ln_1->forward(x), paths, owners, mask, x);
-  return mlp->forward(ln_2->forward(h), h);
+  auto h = attn->AttendTree(Normalize(ln_1, x), paths, owners, mask, x);
+  return mlp->forward(Normalize(ln_2, h), h);
 }
 
 TransformerImpl::TransformerImpl(int64_t width, int64_t layers, int64_t heads, int64_t mlp_hidden,

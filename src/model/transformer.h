@@ -24,6 +24,9 @@ namespace anoclip::model {
 // throw-away copy of the model while the file's pages come in.
 enum class ParameterInit { kRandom, kUninitialized };
 
+// ln(x), through model::LayerNorm: oneDNN's layer normalization where it runs the products.
+at::Tensor Normalize(const torch::nn::LayerNorm& ln, const at::Tensor& x);
+
 // torch::nn::Linear(in, out) whose weight and bias are uninitialised under kUninitialized
 // (torch::nn::Linear always draws its initial weights).
 torch::nn::Linear MakeLinear(int64_t in, int64_t out, ParameterInit init);

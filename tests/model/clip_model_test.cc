@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "io/state_dict.h"
+#include "model/layer_norm.h"
 #include "model/linear.h"
 #include "model/onednn_ops.h"
 #include "model/tokenizer.h"
@@ -283,6 +284,38 @@ TEST(LinearTest, EpiloguesMatchLibtorchsOps) {
       EXPECT_TRUE(torch::allclose(Linear(wide.narrow(2, 10, 32), weight, bias), product, 1e-5, 1e-5));
     }
   }
+}
+
+// oneDNN's layer normalization (dense float32 rows with oneDNN selected) gives libtorch's; the
+// rest (strided rows, bfloat16, BLAS selected, autograd) stays on libtorch's.
+TEST(LayerNormTest, FollowsLibtorchsOnEveryPath) {
+  if (!ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  torch::manual_seed(13);
+  const auto weight = torch::randn({40}), bias = torch::randn({40});
+  const auto x = torch::randn({3, 17, 40}) * 3 + 1;
+  const auto want = at::layer_norm(x, {40}, weight, bias, 1e-5);
+  for (const GemmLibrary library : {GemmLibrary::kBlas, GemmLibrary::kOneDnn}) {
+    GemmLibraryScope scope(library);
+    torch::NoGradGuard no_grad;
+    const auto got = LayerNorm(x, weight, bias, 1e-5);
+    ASSERT_EQ(got.sizes(), x.sizes());
+    EXPECT_LT((got - want).abs().max().item<float>(), 1e-5) << GemmLibraryName(library);
+    // Every other token: strided rows.
+    const auto strided = x.slice(1, 0, 17, 2);
+    EXPECT_LT((LayerNorm(strided, weight, bias, 1e-5) - want.slice(1, 0, 17, 2)).abs().max().item<float>(), 1e-5);
+    const auto half = LayerNorm(x.to(torch::kBFloat16), weight.to(torch::kBFloat16), bias.to(torch::kBFloat16), 1e-5);
+    EXPECT_EQ(half.scalar_type(), torch::kBFloat16);
+    EXPECT_LT((half.to(torch::kFloat) - want).abs().max().item<float>(), 0.1);
+    EXPECT_EQ(LayerNorm(torch::empty({0, 40}), weight, bias, 1e-5).sizes(), (std::vector<int64_t>{0, 40}));
+    // Another epsilon is another result: the primitive takes it.
+    EXPECT_LT((LayerNorm(x, weight, bias, 0.5) - at::layer_norm(x, {40}, weight, bias, 0.5)).abs().max().item<float>(),
+              1e-5);
+  }
+  GemmLibraryScope scope(GemmLibrary::kOneDnn);
+  const auto leaf = x.clone().requires_grad_(true);
+  const auto traced = LayerNorm(leaf, weight, bias, 1e-5);
+  ASSERT_TRUE(traced.requires_grad());  // oneDNN's result would have no gradient
+  EXPECT_LT((traced.detach() - want).abs().max().item<float>(), 1e-5);
 }
 
 TEST(LinearTest, AutogradStaysOnLibtorchsPathAndBfloat16FollowsFloat32) {
