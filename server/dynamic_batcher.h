@@ -9,10 +9,13 @@
 // keeps its task (ownership moves only on OK). One batcher thread runs the batches. Batches form
 // because tasks arrive while the engine is busy, not by making a lone task wait: when the thread
 // is idle it takes what is queued at once, up to `max_batch`. One exception keeps batches whole
-// under steady load: right after a batch of n > 1 the callers it answered tend to come back
-// together (closed-loop clients, cameras on one line), and the first of them would otherwise run
-// alone while the rest queue behind it, so the next batch waits for n tasks, at most
-// `regroup_fraction` of the last batch's run time. After a batch of one nothing waits.
+// under steady load: right after a batch of n the callers it answered tend to come back together
+// (closed-loop clients, cameras on one line), and the first of them would otherwise run alone
+// while the rest queue behind it, so the next batch waits for them too: for the k tasks queued
+// when the batch ended plus n (at most `max_batch`), at most `regroup_fraction` of the last
+// batch's run time. Counting the k keeps callers from settling into groups that take turns (a
+// batch of 4 running while the other 4 queue, for ever): the groups merge. After a batch of one
+// with nothing queued, nothing waits.
 // `max_queue_delay` > 0 lets the oldest task wait that long for the batch to fill (an upper
 // bound on the added latency). Tasks
 // whose deadline passed or whose caller cancelled are failed before any compute. Stop() refuses
@@ -59,7 +62,7 @@ class Clock {
 struct BatcherOptions {
   int max_batch = 8;
   absl::Duration max_queue_delay = absl::ZeroDuration();  // 0: never wait for a batch to fill
-  double regroup_fraction = 0.1;  // after a batch of n > 1: wait up to this share of its run time for n
+  double regroup_fraction = 0.1;  // after a batch: wait up to this share of its run time for its callers
   // Called on the batcher thread once the engine has had no work for `idle_after` since its last
   // batch (the server hands freed memory back to the system there); empty: nothing.
   std::function<void()> on_idle;
@@ -148,7 +151,8 @@ class DynamicBatcher {
     }
     const absl::Time end = clock_->Now();
     absl::MutexLock lock(&mutex_);
-    regroup_size_ = size > 1 ? size : 0;
+    const int expected = std::min(options_.max_batch, size + static_cast<int>(queue_.size()));
+    regroup_size_ = expected > 1 ? expected : 0;
     regroup_until_ = end + (end - start) * options_.regroup_fraction;
   }
 
@@ -241,7 +245,7 @@ class DynamicBatcher {
   mutable absl::Mutex mutex_;
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
-  int regroup_size_ ABSL_GUARDED_BY(mutex_) = 0;  // the last batch's size when it was > 1
+  int regroup_size_ ABSL_GUARDED_BY(mutex_) = 0;  // the batch the last one's end expects, when > 1
   absl::Time regroup_until_ ABSL_GUARDED_BY(mutex_);
   std::thread thread_;
 };

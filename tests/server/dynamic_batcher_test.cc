@@ -138,6 +138,52 @@ TEST(DynamicBatcherTest, AfterABatchOfSeveralTheNextWaitsBrieflyForAsMany) {
   EXPECT_EQ(answers.size(), 8u);
 }
 
+// Callers split into two groups that take turns (one batch running while the other queues) merge
+// again: the next batch waits for the queued group and the one just answered. The same holds
+// for two lone callers; the wait stays bounded and capped at max_batch.
+TEST(DynamicBatcherTest, GroupsThatTakeTurnsMergeIntoOneBatch) {
+  FakeClock clock;
+  Answers answers;
+  auto batcher = Batcher::Create(Options(8, 0, 32), [&](Batcher::Batch& batch) {
+                   clock.now += absl::Seconds(1);
+                   for (auto& task : batch) task->Answer(absl::OkStatus());
+                 }, &clock).value();
+  int next_id = 0;
+  auto submit = [&](int count) {
+    for (int i = 0; i < count; ++i) {
+      auto task = std::make_unique<FakeTask>(next_id++, &answers);
+      ASSERT_TRUE(batcher->Submit(&task).ok());
+    }
+  };
+  submit(4);
+  auto batch = batcher->TakeReadyBatch(clock.now);
+  ASSERT_EQ(batch.size(), 4u);
+  submit(4);                              // the other group arrives while the first runs
+  batcher->RunBatch(std::move(batch));    // ends with 4 queued: the next batch expects 8
+  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now + absl::Milliseconds(99)).empty());
+  submit(4);                              // the first group comes back
+  batch = batcher->TakeReadyBatch(clock.now);
+  ASSERT_EQ(batch.size(), 8u) << "the two groups run as one batch";
+  submit(6);                              // more than max_batch - 8 arrive during the batch of 8
+  batcher->RunBatch(std::move(batch));    // 8 + 6 queued, capped at max_batch
+  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
+  submit(2);
+  batch = batcher->TakeReadyBatch(clock.now);
+  ASSERT_EQ(batch.size(), 8u);
+  batcher->RunBatch(std::move(batch));
+  // Two lone callers taking turns: a batch of one that ends with one queued waits for two.
+  submit(1);
+  batch = batcher->TakeReadyBatch(clock.now + absl::Seconds(1));
+  ASSERT_EQ(batch.size(), 1u);
+  submit(1);
+  batcher->RunBatch(std::move(batch));
+  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
+  batch = batcher->TakeReadyBatch(clock.now + absl::Milliseconds(100));
+  ASSERT_EQ(batch.size(), 1u) << "the wait is bounded";
+  batcher->RunBatch(std::move(batch));
+  EXPECT_EQ(answers.size(), 4u + 8u + 8u + 1u + 1u);
+}
+
 TEST(DynamicBatcherTest, AFullQueueIsResourceExhaustedAtOnce) {
   Harness h(Options(2, 1000, 3));
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(h.Submit().ok());
