@@ -2,19 +2,18 @@
 # Serving throughput against the engine's own batched throughput, on one machine:
 #   1. offline: `anoclip bench --parts detect` (whole engine call per image at batch 8 and 1);
 #   2. the same model behind anoclip-server (--max-batch 8) on loopback, driven by
-#      `anoclip-client loadtest` at concurrency 8, then at concurrency 1 in BENCH_ROUNDS windows,
-#      each followed by an offline run while the server idles.
+#      `anoclip-client loadtest` in BENCH_ROUNDS rounds: concurrency 8, then concurrency 1, then
+#      an offline run while the server idles.
 # A shared machine's speed drifts over minutes, so each gRPC figure is set against offline runs
-# taken right beside it: concurrency 8 against the mean of the runs just before and just after
-# it, the concurrency-1 p50 (median over the windows) against the median of the offline batch-1
-# times taken between the windows. Prints throughputs, their ratio, that latency ratio, p50/p99
-# latencies and the server's batch sizes; keeps the JSON reports in $BENCH_OUT (default
-# out/bench-serving).
+# taken right beside it: each round's concurrency-8 throughput against the mean of the offline
+# batch-8 runs just before and just after it (the ratio is the median over the rounds), the
+# concurrency-1 p50 (median over the rounds) against the median of the offline batch-1 times
+# taken between them. Prints throughputs, their ratio, that latency ratio, p50/p99 latencies and
+# the server's batch sizes; keeps the JSON reports in $BENCH_OUT (default out/bench-serving).
 #
 #   BENCH_MODEL_DIR=DIR   model to serve (default: a random ViT-B-16-plus-240, made once)
-#   BENCH_SECONDS=S       length of the concurrency-8 run (default 60; concurrency 1 runs half,
-#                         split over the windows)
-#   BENCH_ROUNDS=N        concurrency-1 windows, each followed by an offline run (default 3)
+#   BENCH_SECONDS=S       concurrency-8 time over all rounds (default 60; concurrency 1 runs half)
+#   BENCH_ROUNDS=N        rounds (default 3)
 #   BENCH_THREADS=N       libtorch threads (default: all cores)
 #   BUILD_DIR=DIR         build directory (default build)
 set -euo pipefail
@@ -61,11 +60,13 @@ loadtest() {  # concurrency, seconds, report name
   "$BIN/anoclip-client" loadtest --target "$TARGET" --metrics "$METRICS" --concurrency "$1" --warmup 10 \
     --duration "$2" --classes bottle --json "$OUT/$3.json" >"$OUT/$3.txt"
 }
-loadtest 8 "$SECONDS_C8" c8
-window=$((SECONDS_C8 / 2 / ROUNDS))
-[ "$window" -lt 5 ] && window=5
+c8_window=$((SECONDS_C8 / ROUNDS))
+[ "$c8_window" -lt 5 ] && c8_window=5
+c1_window=$((SECONDS_C8 / 2 / ROUNDS))
+[ "$c1_window" -lt 5 ] && c1_window=5
 for round in $(seq 1 "$ROUNDS"); do
-  loadtest 1 "$window" "c1-$round"
+  loadtest 8 "$c8_window" "c8-$round"
+  loadtest 1 "$c1_window" "c1-$round"
   offline "round-$round"  # the server idles meanwhile
 done
 curl -s "http://$METRICS/metrics" | grep '^anoclip_batch_size' >"$OUT/batch_size.txt" || true
@@ -73,29 +74,29 @@ kill -TERM $SERVER 2>/dev/null || true
 wait $SERVER 2>/dev/null || true
 
 median() { sort -g | awk '{ v[NR] = $1 } END { printf "%.6f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-offline_s=$(awk -v a="$(number "$OUT/offline-before.json" detect.b8)" -v b="$(number "$OUT/offline-round-1.json" detect.b8)" \
-  'BEGIN { printf "%.6f", (a + b) / 2 }')
+offline_b8() { number "$OUT/offline-$1.json" detect.b8; }
+previous() { [ "$1" -eq 1 ] && echo before || echo "round-$(($1 - 1))"; }
+# Round r's concurrency-8 ratio: its throughput times the mean offline batch-8 time beside it.
+c8_ratio=$(for round in $(seq 1 "$ROUNDS"); do
+  awk -v rps="$(number "$OUT/c8-$round.json" throughput_rps)" -v a="$(offline_b8 "$(previous "$round")")" \
+    -v b="$(offline_b8 "round-$round")" 'BEGIN { printf "%.6f\n", rps * (a + b) / 2 }'
+done | median)
+c8_rps=$(for round in $(seq 1 "$ROUNDS"); do number "$OUT/c8-$round.json" throughput_rps; done | median)
+offline_b8_s=$(for run in before $(seq -f "round-%g" 1 "$ROUNDS"); do offline_b8 "$run"; done | median)
 offline_b1_s=$(for round in $(seq 1 "$ROUNDS"); do number "$OUT/offline-round-$round.json" detect.b1; done | median)
 c1_p50=$(for round in $(seq 1 "$ROUNDS"); do number "$OUT/c1-$round.json" p50; done | median)
-echo "offline before: detect.b8 $(number "$OUT/offline-before.json" detect.b8) s per image," \
-  "detect.b1 $(number "$OUT/offline-before.json" detect.b1) s"
+echo "offline before: detect.b8 $(offline_b8 before) s per image, detect.b1 $(number "$OUT/offline-before.json" detect.b1) s"
 for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round: concurrency 1 p50 $(number "$OUT/c1-$round.json" p50) ms; then offline" \
-    "detect.b8 $(number "$OUT/offline-round-$round.json" detect.b8) s per image," \
+  echo "round $round: concurrency 8 $(number "$OUT/c8-$round.json" throughput_rps) images/s" \
+    "(p50 $(number "$OUT/c8-$round.json" p50) ms, p99 $(number "$OUT/c8-$round.json" p99) ms," \
+    "server mean batch $(number "$OUT/c8-$round.json" mean_batch)); concurrency 1 p50" \
+    "$(number "$OUT/c1-$round.json" p50) ms (p99 $(number "$OUT/c1-$round.json" p99) ms, server mean batch" \
+    "$(number "$OUT/c1-$round.json" mean_batch)); then offline detect.b8 $(offline_b8 "round-$round") s per image," \
     "detect.b1 $(number "$OUT/offline-round-$round.json" detect.b1) s"
 done
-
-c8_rps=$(number "$OUT/c8.json" throughput_rps)
-awk -v off="$offline_s" -v rps="$c8_rps" 'BEGIN {
-  printf "offline batch 8 (mean of the runs before and after concurrency 8): %.3f images/s (%.3f s per image)\n", 1 / off, off
-  printf "gRPC concurrency 8: %.3f images/s = %.2fx offline\n", rps, rps * off }'
+awk -v ratio="$c8_ratio" -v rps="$c8_rps" -v off="$offline_b8_s" 'BEGIN {
+  printf "gRPC concurrency 8: %.2fx offline (median over the rounds of each round against the offline runs beside it); median %.3f images/s against offline %.3f images/s (%.3f s per image)\n", ratio, rps, 1 / off, off }'
 awk -v b1="$offline_b1_s" -v p50="$c1_p50" 'BEGIN {
   printf "gRPC concurrency 1: p50 %.1f ms (median of the windows) = %.2fx offline detect.b1 (%.1f ms, median of the runs between them)\n", p50, p50 / 1000 / b1, b1 * 1000 }'
-echo "concurrency 8: p50 $(number "$OUT/c8.json" p50) ms, p99 $(number "$OUT/c8.json" p99) ms," \
-  "server mean batch $(number "$OUT/c8.json" mean_batch)"
-for round in $(seq 1 "$ROUNDS"); do
-  echo "concurrency 1, window $round: p50 $(number "$OUT/c1-$round.json" p50) ms, p99 $(number "$OUT/c1-$round.json" p99) ms," \
-    "server mean batch $(number "$OUT/c1-$round.json" mean_batch)"
-done
 echo "batch sizes (server histogram, cumulative):"
 cat "$OUT/batch_size.txt"
