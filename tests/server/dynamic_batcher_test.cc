@@ -80,6 +80,19 @@ struct Harness {
   }
 };
 
+// The policy tests' engine stand-in: each batch takes one second of the harness's clock and
+// answers its tasks.
+struct TimedHarness : Harness {
+  explicit TimedHarness(BatcherOptions options)
+      : Harness(options, [this](Batcher::Batch& batch) {
+          clock.now += absl::Seconds(1);
+          for (auto& task : batch) task->Answer(absl::OkStatus());
+        }) {}
+  void SubmitMany(int count) {
+    for (int i = 0; i < count; ++i) ASSERT_TRUE(Submit().ok());
+  }
+};
+
 TEST(DynamicBatcherTest, WithoutADelayWhatIsQueuedGoesAtOnce) {
   Harness h(Options(4, 0, 16));
   ASSERT_TRUE(h.Submit().ok());
@@ -102,86 +115,62 @@ TEST(DynamicBatcherTest, ADelayIsAnUpperBoundOnTheWaitForABatchToFill) {
 // After a batch of several the next one waits, briefly, for as many tasks; after a batch of one
 // nothing waits. The engine stand-in takes one second of the fake clock per batch.
 TEST(DynamicBatcherTest, AfterABatchOfSeveralTheNextWaitsBrieflyForAsMany) {
-  FakeClock clock;
-  Answers answers;
-  auto batcher = Batcher::Create(Options(8, 0, 16), [&](Batcher::Batch& batch) {
-                   clock.now += absl::Seconds(1);
-                   for (auto& task : batch) task->Answer(absl::OkStatus());
-                 }, &clock).value();
-  int next_id = 0;
-  auto submit = [&](int count) {
-    for (int i = 0; i < count; ++i) {
-      auto task = std::make_unique<FakeTask>(next_id++, &answers);
-      ASSERT_TRUE(batcher->Submit(&task).ok());
-    }
-  };
-  submit(3);
-  auto batch = batcher->TakeReadyBatch(clock.now);
+  TimedHarness h(Options(8, 0, 16));
+  h.SubmitMany(3);
+  auto batch = h.batcher->TakeReadyBatch(h.clock.now);
   ASSERT_EQ(batch.size(), 3u);
-  batcher->RunBatch(std::move(batch));  // 1 s: the next batch may wait up to 100 ms for 3
-  submit(1);
-  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
-  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now + absl::Milliseconds(99)).empty());
-  submit(2);
-  batch = batcher->TakeReadyBatch(clock.now);
+  h.batcher->RunBatch(std::move(batch));  // 1 s: the next batch may wait up to 100 ms for 3
+  h.SubmitMany(1);
+  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now).empty());
+  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(99)).empty());
+  h.SubmitMany(2);
+  batch = h.batcher->TakeReadyBatch(h.clock.now);
   EXPECT_EQ(batch.size(), 3u) << "the batch is whole again";
-  batcher->RunBatch(std::move(batch));
-  submit(1);
-  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
-  batch = batcher->TakeReadyBatch(clock.now + absl::Milliseconds(100));
+  h.batcher->RunBatch(std::move(batch));
+  h.SubmitMany(1);
+  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now).empty());
+  batch = h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(100));
   ASSERT_EQ(batch.size(), 1u) << "the wait is bounded";
-  batcher->RunBatch(std::move(batch));
-  submit(1);
-  batch = batcher->TakeReadyBatch(clock.now);
+  h.batcher->RunBatch(std::move(batch));
+  h.SubmitMany(1);
+  batch = h.batcher->TakeReadyBatch(h.clock.now);
   ASSERT_EQ(batch.size(), 1u) << "after a batch of one nothing waits";
-  batcher->RunBatch(std::move(batch));
-  EXPECT_EQ(answers.size(), 8u);
+  h.batcher->RunBatch(std::move(batch));
+  EXPECT_EQ(h.answers.size(), 8u);
 }
 
 // Callers split into two groups that take turns (one batch running while the other queues) merge
 // again: the next batch waits for the queued group and the one just answered. The same holds
 // for two lone callers; the wait stays bounded and capped at max_batch.
 TEST(DynamicBatcherTest, GroupsThatTakeTurnsMergeIntoOneBatch) {
-  FakeClock clock;
-  Answers answers;
-  auto batcher = Batcher::Create(Options(8, 0, 32), [&](Batcher::Batch& batch) {
-                   clock.now += absl::Seconds(1);
-                   for (auto& task : batch) task->Answer(absl::OkStatus());
-                 }, &clock).value();
-  int next_id = 0;
-  auto submit = [&](int count) {
-    for (int i = 0; i < count; ++i) {
-      auto task = std::make_unique<FakeTask>(next_id++, &answers);
-      ASSERT_TRUE(batcher->Submit(&task).ok());
-    }
-  };
-  submit(4);
-  auto batch = batcher->TakeReadyBatch(clock.now);
+  TimedHarness h(Options(8, 0, 32));
+  h.SubmitMany(4);
+  auto batch = h.batcher->TakeReadyBatch(h.clock.now);
   ASSERT_EQ(batch.size(), 4u);
-  submit(4);                              // the other group arrives while the first runs
-  batcher->RunBatch(std::move(batch));    // ends with 4 queued: the next batch expects 8
-  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now + absl::Milliseconds(99)).empty());
-  submit(4);                              // the first group comes back
-  batch = batcher->TakeReadyBatch(clock.now);
+  h.SubmitMany(4);  // the other group arrives while the first runs
+  h.batcher->RunBatch(std::move(batch));  // ends with 4 queued: the next batch expects 8
+  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(99)).empty());
+  h.SubmitMany(4);  // the first group comes back
+  batch = h.batcher->TakeReadyBatch(h.clock.now);
   ASSERT_EQ(batch.size(), 8u) << "the two groups run as one batch";
-  submit(6);                              // more than max_batch - 8 arrive during the batch of 8
-  batcher->RunBatch(std::move(batch));    // 8 + 6 queued, capped at max_batch
-  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
-  submit(2);
-  batch = batcher->TakeReadyBatch(clock.now);
+  h.SubmitMany(6);  // six arrive during the batch of 8
+  h.batcher->RunBatch(std::move(batch));  // it expects 8 + 6, capped at max_batch: 8
+  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now).empty());
+  h.SubmitMany(2);
+  batch = h.batcher->TakeReadyBatch(h.clock.now);
   ASSERT_EQ(batch.size(), 8u);
-  batcher->RunBatch(std::move(batch));
+  h.batcher->RunBatch(std::move(batch));
   // Two lone callers taking turns: a batch of one that ends with one queued waits for two.
-  submit(1);
-  batch = batcher->TakeReadyBatch(clock.now + absl::Seconds(1));
+  h.SubmitMany(1);
+  batch = h.batcher->TakeReadyBatch(h.clock.now + absl::Seconds(1));
   ASSERT_EQ(batch.size(), 1u);
-  submit(1);
-  batcher->RunBatch(std::move(batch));
-  EXPECT_TRUE(batcher->TakeReadyBatch(clock.now).empty());
-  batch = batcher->TakeReadyBatch(clock.now + absl::Milliseconds(100));
+  h.SubmitMany(1);
+  h.batcher->RunBatch(std::move(batch));
+  EXPECT_TRUE(h.batcher->TakeReadyBatch(h.clock.now).empty());
+  batch = h.batcher->TakeReadyBatch(h.clock.now + absl::Milliseconds(100));
   ASSERT_EQ(batch.size(), 1u) << "the wait is bounded";
-  batcher->RunBatch(std::move(batch));
-  EXPECT_EQ(answers.size(), 4u + 8u + 8u + 1u + 1u);
+  h.batcher->RunBatch(std::move(batch));
+  EXPECT_EQ(h.answers.size(), 4u + 8u + 8u + 1u + 1u);
 }
 
 TEST(DynamicBatcherTest, AFullQueueIsResourceExhaustedAtOnce) {
