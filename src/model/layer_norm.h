@@ -1,6 +1,7 @@
 // Layer normalisation over the last dimension, on the library that runs the products: oneDNN's
-// layer normalization where oneDNN is selected (model/linear.h) and x is dense float32 on the CPU
-// outside autograd, 2.4-2.7x faster than libtorch's on a ViT-B's rows (docs/performance.md);
+// layer normalization where oneDNN is selected (model/linear.h) and x is dense on the CPU outside
+// autograd, float32 (2.4-2.7x faster than libtorch's on a ViT-B's rows) or bfloat16 where the CPU
+// has bfloat16 instructions (27-43x: libtorch converts element by element; docs/performance.md);
 // libtorch's everywhere else.
 #pragma once
 

@@ -241,14 +241,15 @@ at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1, "LayerNorm takes dense float32 rows");
+  TORCH_CHECK(x.is_contiguous() && x.dim() >= 1, "LayerNorm takes dense rows");
   const int64_t columns = x.size(-1), rows = columns == 0 ? 0 : x.numel() / columns;
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat && weight.is_contiguous() &&
-                  bias.is_contiguous() && weight.numel() == columns && bias.numel() == columns,
-              "LayerNorm's weight and bias are dense float32 [", columns, "]");
+  TORCH_CHECK(weight.numel() == columns && bias.numel() == columns, "LayerNorm's weight and bias have ", columns,
+              " elements");
   auto y = at::empty_like(x);
   if (rows == 0 || columns == 0) return y;
-  const memory::desc rows_desc({rows, columns}, memory::data_type::f32, memory::format_tag::ab);
+  // The primitive's scale and shift are float32 whatever the rows' type.
+  const auto scale = weight.to(at::kFloat).contiguous(), shift = bias.to(at::kFloat).contiguous();
+  const memory::desc rows_desc({rows, columns}, DataType(x), memory::format_tag::ab);
   const memory::desc channel_desc({columns}, memory::data_type::f32, memory::format_tag::a);
   const dnnl::layer_normalization_forward::primitive_desc plan(
       dnnl::layer_normalization_forward::desc(dnnl::prop_kind::forward_inference, rows_desc, static_cast<float>(eps),
@@ -257,8 +258,8 @@ at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Te
       Engine());
   dnnl::layer_normalization_forward(plan).execute(Stream(), {{DNNL_ARG_SRC, Bind(rows_desc, x)},
                                                              {DNNL_ARG_DST, Bind(rows_desc, y)},
-                                                             {DNNL_ARG_SCALE, Bind(channel_desc, weight)},
-                                                             {DNNL_ARG_SHIFT, Bind(channel_desc, bias)}});
+                                                             {DNNL_ARG_SCALE, Bind(channel_desc, scale)},
+                                                             {DNNL_ARG_SHIFT, Bind(channel_desc, shift)}});
   return y;
 }
 

@@ -68,7 +68,7 @@ at::Tensor MultiplyInt8(const at::Tensor& x, const at::Tensor& weight);
 // MultiplyInt8 runs about twice as fast as bfloat16's products.
 bool HasNativeInt8();
 
-// Layer normalisation of x's rows (dense float32, [..., C]) with weight and bias ([C], float32),
+// Layer normalisation of x's rows (dense float32 or bfloat16, [..., C]) with weight and bias ([C]),
 // through oneDNN's layer normalization primitive (model/layer_norm.h).
 at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
 
