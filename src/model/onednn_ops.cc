@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "model/huge_pages.h"
+
 namespace anoclip::model::onednn {
 
 using dnnl::memory;
@@ -108,7 +110,7 @@ PackedWeight Pack(const at::Tensor& weight) {
   const memory::desc blocked = plan.weights_desc();
   if (blocked == plain) return {};
   PackedWeight packed;
-  packed.blocks = at::empty({static_cast<int64_t>(blocked.get_size())}, weight.options().dtype(at::kByte));
+  packed.blocks = EmptyOnHugePages(static_cast<int64_t>(blocked.get_size()));
   packed.layout = std::make_shared<const BlockedLayout>(BlockedLayout{blocked, in, out, weight.scalar_type()});
   memory source = Bind(plain, weight), target = Bind(blocked, packed.blocks);
   dnnl::reorder(source, target).execute(Stream(), source, target);
