@@ -1,8 +1,8 @@
 // Memory for the packed weights on transparent huge pages where the kernel gives them on request
-// (/sys/kernel/mm/transparent_hugepage/enabled: `madvise`, a common default, or `always`). A
-// batch-1 forward streams every packed weight of the vision tower once (about 360 MB for a
-// ViT-B-16-plus-240), and with 4 KiB pages each weight spans thousands of them; on 2 MiB pages the
-// same forward ran a few per cent faster (docs/performance.md).
+// (/sys/kernel/mm/transparent_hugepage/enabled: `madvise`, a common default, or `always`). The
+// first write of each 4 KiB page costs a fault, dear on a virtual machine: the server's packing of
+// a ViT-B-16-plus-240 took 0.6-0.7 s on huge pages against 1.5-1.7 s; and a batch-1 forward,
+// which reads every packed weight once, took a few per cent less time (docs/performance.md).
 #pragma once
 
 #include <ATen/core/Tensor.h>
