@@ -173,10 +173,12 @@ absl::Status Adapt(const Engine& engine, const at::Tensor& patches, const at::Te
     ANOCLIP_ASSIGN_OR_RETURN(auto adapter, TestTimeAdapter::Create(tta_options));
     const auto start = Clock::now();
     auto index = torch::tensor(members, torch::kLong).to(engine.device);
-    std::vector<at::Tensor> prompt_rows;
-    for (int64_t i : members) prompt_rows.push_back(text[i]->prompts.to(engine.device));
-    auto result =
-        adapter.Adapt(patches.index_select(0, index), torch::stack(prompt_rows), features.index_select(0, index));
+    std::vector<AdapterPrompts> prompts;
+    for (int64_t i : members) {
+      prompts.push_back({text[i]->prompts.to(engine.device),
+                         engine.tta_dtype == at::kChar ? text[i]->PromptsInt8() : model::onednn::Int8Matrix{}});
+    }
+    auto result = adapter.Adapt(patches.index_select(0, index), prompts, features.index_select(0, index));
     auto adapted_maps = AnomalyMap(result.patch_probs.detach(), vision.grid(), vision.image_size).cpu();
     auto adapted_probs = result.patch_probs.detach().cpu();
     const double seconds = SecondsSince(start) / members.size();
@@ -192,6 +194,11 @@ absl::Status Adapt(const Engine& engine, const at::Tensor& patches, const at::Te
 }
 
 }  // namespace
+
+const model::onednn::Int8Matrix& TextFeatures::PromptsInt8() const {
+  std::call_once(rounded_prompts->once, [this] { rounded_prompts->matrix = RoundPromptsToInt8(prompts); });
+  return rounded_prompts->matrix;
+}
 
 Detector::Detector(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
 Detector::~Detector() = default;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,16 @@ struct DetectorOptions {
 struct TextFeatures {
   at::Tensor features;  // [2,D] float32, on the detector's device
   at::Tensor prompts;   // [2N,D] float32, normal rows first
+
+  // The prompts rounded for --precision int8's adapter (RoundPromptsToInt8, CPU): by the first
+  // call, then kept for the class's later requests. Copies of these features share it; safe to
+  // call from several threads.
+  const model::onednn::Int8Matrix& PromptsInt8() const;
+  struct RoundedPrompts {
+    std::once_flag once;
+    model::onednn::Int8Matrix matrix;
+  };
+  std::shared_ptr<RoundedPrompts> rounded_prompts = std::make_shared<RoundedPrompts>();
 };
 
 enum class TokenPath { kLocalAware, kPlainClip };

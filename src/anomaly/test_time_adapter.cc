@@ -107,6 +107,11 @@ void RunTwoParts(const at::Tensor& on, const Part& part) {
 
 }  // namespace
 
+model::onednn::Int8Matrix RoundPromptsToInt8(const at::Tensor& rows) {
+  const Operand rounded = ForProduct(rows, at::kChar);
+  return {rounded.values, rounded.int8_scale};
+}
+
 at::Tensor DrawTtaNoise(uint64_t seed, int step, double sigma, at::IntArrayRef shape) {
   auto noise = at::empty(shape, at::kFloat);
   const auto flat = noise.view(-1);
@@ -200,6 +205,15 @@ absl::StatusOr<TestTimeAdapter> TestTimeAdapter::Create(const TtaOptions& option
 
 TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const at::Tensor& prompts,
                                  const at::Tensor& text_features) const {
+  std::vector<AdapterPrompts> rows;
+  for (int64_t i = 0; i < prompts.size(0); ++i) rows.push_back({prompts[i], {}});
+  return Adapt(patches, rows, text_features);
+}
+
+TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const std::vector<AdapterPrompts>& prompts,
+                                 const at::Tensor& text_features) const {
+  TORCH_CHECK(static_cast<int64_t>(prompts.size()) == patches.size(0), "the adapter takes one set of prompts per image; ",
+              prompts.size(), " for ", patches.size(0), " images");
   at::NoGradGuard no_grad;  // the gradients below are written out, not traced
   const int64_t batch = patches.size(0);
   TtaResult result;
@@ -225,8 +239,9 @@ TtaResult TestTimeAdapter::Adapt(const at::Tensor& patches, const at::Tensor& pr
 // One image's adaptation. Images adapt apart: each has its own W and b, AdamW is element-wise
 // and the summed loss separates per image, so this equals adapting the batch at once, and one
 // image's tensors stay in its core's cache.
-at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches, const at::Tensor& prompts,
+at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches, const AdapterPrompts& prompt_rows,
                                        const at::Tensor& text_features, std::vector<float>& losses) const {
+  const at::Tensor& prompts = prompt_rows.rows;
   const int64_t tokens = patches.size(0), dim = patches.size(1), rows = prompts.size(0);
   const auto options = patches.options();
   // The random initialisation's generator, one per image, so its draws do not depend on the batch.
@@ -253,8 +268,13 @@ at::Tensor TestTimeAdapter::AdaptImage(int64_t image, const at::Tensor& patches,
       model::CurrentGemmLibrary() == model::GemmLibrary::kOneDnn && model::onednn::HasNativeBfloat16();
   const auto weight_gradient_compute =
       compute != at::kChar ? compute : native_bfloat16 ? at::kBFloat16 : at::kFloat;
-  // The prompts in the products' dtype once, not at every product.
-  const Operand prompts_compute = ForProduct(prompts, compute);
+  // The prompts in the products' dtype once, not at every product (in int8 the caller's copy
+  // where it keeps one).
+  const bool int8_given = compute == at::kChar && prompt_rows.int8.values.defined();
+  TORCH_CHECK(!int8_given || prompt_rows.int8.values.sizes() == prompts.sizes(),
+              "the prompts' int8 copy is not of their shape");
+  const Operand prompts_compute = int8_given ? Operand{prompt_rows.int8.values, prompt_rows.int8.scale}
+                                             : ForProduct(prompts, compute);
   AdamWSettings settings;
   settings.lr = options_.lr;
   AdamW weight_optimizer(weight, settings, from_text ? prompts : at::Tensor()), bias_optimizer(bias, settings);

@@ -256,7 +256,10 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     if (!wants("tta")) break;
     const auto images = loaded.ToModelInput(torch::randn({batch, 3, size, size}));
     auto patches = model->EncodeImage(images, {true, false}).local_aware_patches.to(torch::kFloat32);
-    auto prompt_rows = text->prompts.unsqueeze(0).expand({batch, -1, -1}).contiguous();
+    // Each image's prompts as the Detector gives them: the class's rows, and under --precision
+    // int8 their int8 copy, which the class keeps from its first adaptation on.
+    const std::vector<anomaly::AdapterPrompts> prompt_rows(
+        batch, {text->prompts, loaded.tta_dtype == torch::kInt8 ? text->PromptsInt8() : model::onednn::Int8Matrix{}});
     auto features = text->features.unsqueeze(0).expand({batch, -1, -1}).contiguous();
     for (int run = -1; run < options.runs; ++run) {
       const double s = Seconds([&] { adapter->Adapt(patches, prompt_rows, features); sync(); });

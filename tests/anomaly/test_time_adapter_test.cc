@@ -9,6 +9,7 @@
 
 #include "anomaly/adamw.h"
 #include "anomaly/adapter_loss.h"
+#include "anomaly/detector.h"
 #include "model/linear.h"
 #include "test_util.h"
 
@@ -472,6 +473,48 @@ TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
   EXPECT_LT(drift, 0.3 * moved);
   const auto alone = Adapted(options, patches.narrow(0, 1, 1), prompts.narrow(0, 1, 1), text.narrow(0, 1, 1));
   EXPECT_LT((got[1] - alone[0]).abs().max().item<float>(), 1e-6);
+  model::SetGemmLibrary(previous);
+}
+
+// Under int8 a class keeps its prompts rounded (TextFeatures::PromptsInt8) and the adapter reads
+// that copy instead of rounding them for every image: the same adaptation.
+TEST(TestTimeAdapterInt8Test, PromptsRoundedOnceAdaptAsRoundedPerImage) {
+  if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+  const GemmLibrary previous = model::CurrentGemmLibrary();
+  model::SetGemmLibrary(GemmLibrary::kOneDnn);
+  torch::manual_seed(31);
+  auto patches = torch::randn({2, 40, 32}) * 3, prompts = Normalize(torch::randn({2, 20, 32}));
+  auto text = Normalize(torch::randn({2, 2, 32}));
+  TtaOptions options;
+  options.lr = 0.05;
+  options.compute_dtype = at::kChar;
+  auto adapter = TestTimeAdapter::Create(options);
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  const TtaResult per_image = adapter->Adapt(patches, prompts, text);
+
+  const TextFeatures first{text[0], prompts[0]}, second{text[1], prompts[1]};
+  const std::vector<AdapterPrompts> kept = {{prompts[0], first.PromptsInt8()}, {prompts[1], second.PromptsInt8()}};
+  const TtaResult once = adapter->Adapt(patches, kept, text);
+  EXPECT_TRUE(torch::equal(once.patch_probs, per_image.patch_probs));
+  EXPECT_EQ(once.losses, per_image.losses);
+
+  // Rounded by the first call only, and shared by copies of the features.
+  EXPECT_TRUE(torch::equal(first.PromptsInt8().values, RoundPromptsToInt8(prompts[0]).values));
+  EXPECT_EQ(first.PromptsInt8().scale, RoundPromptsToInt8(prompts[0]).scale);
+  EXPECT_EQ(first.PromptsInt8().values.data_ptr(), first.PromptsInt8().values.data_ptr());
+  const TextFeatures copy = first;
+  EXPECT_EQ(copy.PromptsInt8().values.data_ptr(), first.PromptsInt8().values.data_ptr());
+
+  // The copy given is the one read: another scale adapts differently.
+  const std::vector<AdapterPrompts> rescaled = {{prompts[0], {kept[0].int8.values, kept[0].int8.scale * 2}}, kept[1]};
+  const TtaResult other = adapter->Adapt(patches, rescaled, text);
+  EXPECT_FALSE(torch::equal(other.patch_probs[0], per_image.patch_probs[0]));
+  EXPECT_TRUE(torch::equal(other.patch_probs[1], per_image.patch_probs[1]));
+
+  // A copy of other rows' shape, or a set of prompts short of the batch, is refused.
+  const std::vector<AdapterPrompts> misshapen = {{prompts[0], RoundPromptsToInt8(prompts[0].narrow(0, 0, 10))}, kept[1]};
+  EXPECT_THROW(adapter->Adapt(patches, misshapen, text), c10::Error);
+  EXPECT_THROW(adapter->Adapt(patches, std::vector<AdapterPrompts>{kept[0]}, text), c10::Error);
   model::SetGemmLibrary(previous);
 }
 
