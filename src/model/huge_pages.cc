@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdint>
 
@@ -19,8 +20,8 @@ at::Tensor EmptyOnHugePages(int64_t bytes) {
   const auto options = at::TensorOptions().dtype(at::kByte);
   if (bytes < static_cast<int64_t>(kHugePage)) return at::empty({bytes}, options);  // not one huge page
   // Map a huge page more than needed, then give back what lies before the first 2 MiB boundary
-  // and after the tensor's last 4 KiB page.
-  const uintptr_t length = RoundUp(static_cast<uintptr_t>(bytes), 4096);
+  // and after the tensor's last page.
+  const uintptr_t length = RoundUp(static_cast<uintptr_t>(bytes), static_cast<uintptr_t>(sysconf(_SC_PAGESIZE)));
   void* mapped = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) return at::empty({bytes}, options);
   const uintptr_t begin = reinterpret_cast<uintptr_t>(mapped), aligned = RoundUp(begin, kHugePage);
