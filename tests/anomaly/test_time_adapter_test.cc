@@ -446,17 +446,29 @@ TEST(TestTimeAdapterBfloat16Test, FollowsFloat32) {
   EXPECT_LT((got - want).abs().max().item<float>(), 2e-2);
 }
 
+// int8 adaptation as the engine runs it: with oneDNN selected, the weight gradient's product in
+// bfloat16 where the CPU multiplies it natively; two images' tokens, prompts and text rows.
+class TestTimeAdapterInt8Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
+    model::SetGemmLibrary(GemmLibrary::kOneDnn);
+    torch::manual_seed(27);
+    patches = torch::randn({2, 40, 32}) * 3;
+    prompts = Normalize(torch::randn({2, 20, 32}));
+    text = Normalize(torch::randn({2, 2, 32}));
+  }
+  void TearDown() override { model::SetGemmLibrary(previous_); }
+
+  at::Tensor patches, prompts, text;
+
+ private:
+  const GemmLibrary previous_ = model::CurrentGemmLibrary();
+};
+
 // int8 products (three of the four per step, each operand rounded to 255 levels by its largest
 // magnitude) follow float32's closely, and a batch's images still adapt as alone.
-TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
-  if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
-  // As the engine runs it: with oneDNN selected, the weight gradient's product in bfloat16 where
-  // the CPU multiplies it natively.
-  const GemmLibrary previous = model::CurrentGemmLibrary();
-  model::SetGemmLibrary(GemmLibrary::kOneDnn);
-  torch::manual_seed(27);
-  auto patches = torch::randn({2, 40, 32}) * 3, prompts = Normalize(torch::randn({2, 20, 32}));
-  auto text = Normalize(torch::randn({2, 2, 32}));
+TEST_F(TestTimeAdapterInt8Test, FollowsFloat32) {
   TtaOptions options;
   options.lr = 0.05;  // steps that move the probabilities well away from the start
   const auto want = Adapted(options, patches, prompts, text);
@@ -473,18 +485,11 @@ TEST(TestTimeAdapterInt8Test, FollowsFloat32) {
   EXPECT_LT(drift, 0.3 * moved);
   const auto alone = Adapted(options, patches.narrow(0, 1, 1), prompts.narrow(0, 1, 1), text.narrow(0, 1, 1));
   EXPECT_LT((got[1] - alone[0]).abs().max().item<float>(), 1e-6);
-  model::SetGemmLibrary(previous);
 }
 
 // Under int8 a class keeps its prompts rounded (TextFeatures::PromptsInt8) and the adapter reads
 // that copy instead of rounding them for every image: the same adaptation.
-TEST(TestTimeAdapterInt8Test, PromptsRoundedOnceAdaptAsRoundedPerImage) {
-  if (!model::ParseGemmLibrary("onednn").ok()) GTEST_SKIP() << "this libtorch has no oneDNN";
-  const GemmLibrary previous = model::CurrentGemmLibrary();
-  model::SetGemmLibrary(GemmLibrary::kOneDnn);
-  torch::manual_seed(31);
-  auto patches = torch::randn({2, 40, 32}) * 3, prompts = Normalize(torch::randn({2, 20, 32}));
-  auto text = Normalize(torch::randn({2, 2, 32}));
+TEST_F(TestTimeAdapterInt8Test, PromptsRoundedOnceAdaptAsRoundedPerImage) {
   TtaOptions options;
   options.lr = 0.05;
   options.compute_dtype = at::kChar;
@@ -515,7 +520,6 @@ TEST(TestTimeAdapterInt8Test, PromptsRoundedOnceAdaptAsRoundedPerImage) {
   const std::vector<AdapterPrompts> misshapen = {{prompts[0], RoundPromptsToInt8(prompts[0].narrow(0, 0, 10))}, kept[1]};
   EXPECT_THROW(adapter->Adapt(patches, misshapen, text), c10::Error);
   EXPECT_THROW(adapter->Adapt(patches, std::vector<AdapterPrompts>{kept[0]}, text), c10::Error);
-  model::SetGemmLibrary(previous);
 }
 
 }  // namespace
