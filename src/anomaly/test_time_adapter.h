@@ -97,9 +97,9 @@ class TestTimeAdapter {
 
  private:
   explicit TestTimeAdapter(TtaOptions options) : options_(std::move(options)) {}
-  // patches [M,D], prompts' rows [2N,D], text_features [2,D] of batch entry `image`; appends the
-  // losses.
-  at::Tensor AdaptImage(int64_t image, const at::Tensor& patches, const AdapterPrompts& prompts,
+  // patches [M,D], prompt_rows (rows [2N,D]), text_features [2,D] of batch entry `image`; appends
+  // the losses.
+  at::Tensor AdaptImage(int64_t image, const at::Tensor& patches, const AdapterPrompts& prompt_rows,
                         const at::Tensor& text_features, std::vector<float>& losses) const;
   TtaOptions options_;
 };
