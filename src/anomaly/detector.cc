@@ -174,10 +174,7 @@ absl::Status Adapt(const Engine& engine, const at::Tensor& patches, const at::Te
     const auto start = Clock::now();
     auto index = torch::tensor(members, torch::kLong).to(engine.device);
     std::vector<AdapterPrompts> prompts;
-    for (int64_t i : members) {
-      prompts.push_back({text[i]->prompts.to(engine.device),
-                         engine.tta_dtype == at::kChar ? text[i]->PromptsInt8() : model::onednn::Int8Matrix{}});
-    }
+    for (int64_t i : members) prompts.push_back(text[i]->ForAdapter(engine.tta_dtype, engine.device));
     auto result = adapter.Adapt(patches.index_select(0, index), prompts, features.index_select(0, index));
     auto adapted_maps = AnomalyMap(result.patch_probs.detach(), vision.grid(), vision.image_size).cpu();
     auto adapted_probs = result.patch_probs.detach().cpu();
@@ -194,6 +191,10 @@ absl::Status Adapt(const Engine& engine, const at::Tensor& patches, const at::Te
 }
 
 }  // namespace
+
+AdapterPrompts TextFeatures::ForAdapter(at::ScalarType tta_dtype, const at::Device& device) const {
+  return {prompts.to(device), tta_dtype == at::kChar ? PromptsInt8() : model::onednn::Int8Matrix{}};
+}
 
 const model::onednn::Int8Matrix& TextFeatures::PromptsInt8() const {
   std::call_once(rounded_prompts->once, [this] { rounded_prompts->matrix = RoundPromptsToInt8(prompts); });

@@ -51,6 +51,9 @@ struct TextFeatures {
   at::Tensor features;  // [2,D] float32, on the detector's device
   at::Tensor prompts;   // [2N,D] float32, normal rows first
 
+  // The prompts as the adapter takes them on `device` with its products in `tta_dtype`: under
+  // int8 with their int8 copy (PromptsInt8).
+  AdapterPrompts ForAdapter(at::ScalarType tta_dtype, const at::Device& device) const;
   // The prompts rounded for --precision int8's adapter (RoundPromptsToInt8, CPU): by the first
   // call, then kept for the class's later requests. Copies of these features share it; safe to
   // call from several threads.

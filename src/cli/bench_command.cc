@@ -258,8 +258,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
     auto patches = model->EncodeImage(images, {true, false}).local_aware_patches.to(torch::kFloat32);
     // Each image's prompts as the Detector gives them: the class's rows, and under --precision
     // int8 their int8 copy, which the class keeps from its first adaptation on.
-    const std::vector<anomaly::AdapterPrompts> prompt_rows(
-        batch, {text->prompts, loaded.tta_dtype == torch::kInt8 ? text->PromptsInt8() : model::onednn::Int8Matrix{}});
+    const std::vector<anomaly::AdapterPrompts> prompt_rows(batch, text->ForAdapter(loaded.tta_dtype, loaded.device));
     auto features = text->features.unsqueeze(0).expand({batch, -1, -1}).contiguous();
     for (int run = -1; run < options.runs; ++run) {
       const double s = Seconds([&] { adapter->Adapt(patches, prompt_rows, features); sync(); });
