@@ -350,6 +350,51 @@ TEST(AnoclipCliTest, BenchTimesEachBatchSizeAndNamesTheFastest) {
   EXPECT_FALSE(json.contains("vision.anoclip.b1"));  // only the parts asked for
 }
 
+// `bench --parts vision`: both towers' modes at batch 1 and 8 with the GEMM rate beside them, and
+// the efficiency and batch ratios computed from those same figures.
+TEST(AnoclipCliTest, BenchVisionReportsRatesAndRatiosOfOneRun) {
+  auto result = RunAnoclip("bench" + Model() + Vocab() + " --runs 3 --parts vision --json");
+  ASSERT_EQ(result.exit_code, 0) << result.errors;
+  const auto json = nlohmann::ordered_json::parse(result.output);
+  for (const std::string b : {".b1", ".b8"}) {
+    const double clip = json["vision.clip" + b].get<double>(), anoclip = json["vision.anoclip" + b].get<double>();
+    EXPECT_GT(clip, 0.0) << b;
+    EXPECT_GT(anoclip, 0.0) << b;
+    EXPECT_NEAR(json["ratio.anoclip_over_clip" + b].get<double>(), anoclip / clip, 1e-9) << b;
+    const double gflops = json["vision.anoclip.gflop_per_image"].get<double>() / anoclip;
+    EXPECT_NEAR(json["vision.anoclip.gflops" + b].get<double>(), gflops, 1e-6 * gflops) << b;
+    // The best product rate is the largest of the libraries' and names its library.
+    const std::string library = json["sgemm_library" + b].get<std::string>();
+    const double best = json["sgemm_gflops" + b].get<double>();
+    EXPECT_GT(best, 0.0) << b;
+    EXPECT_EQ(json["sgemm_gflops." + library + b].get<double>(), best) << b;
+    int libraries = 0;
+    for (const auto& [key, value] : json.items()) {
+      const bool library_rate = key.rfind("sgemm_gflops.", 0) == 0 && key != "sgemm_gflops" + b &&
+                                key.size() > b.size() && key.compare(key.size() - b.size(), b.size(), b) == 0;
+      if (!library_rate) continue;
+      ++libraries;
+      EXPECT_LE(value.get<double>(), best) << key;
+    }
+    EXPECT_EQ(libraries, 3) << b;  // the BLAS, oneDNN's sgemm and the engine's primitive
+    EXPECT_NEAR(json["ratio.anoclip_over_sgemm" + b].get<double>(), gflops / best, 1e-6 * gflops / best) << b;
+  }
+  EXPECT_NEAR(json["ratio.anoclip_b8_over_b1"].get<double>(),
+              json["vision.anoclip.b8"].get<double>() / json["vision.anoclip.b1"].get<double>(), 1e-9);
+  // The largest product's shape: its rows grow with the batch, its depth and width do not.
+  const auto shape = [&](const std::string& key) {
+    int64_t m = 0, k = 0, n = 0;
+    EXPECT_EQ(std::sscanf(json[key].get<std::string>().c_str(), "%ldx%ldx%ld", &m, &k, &n), 3) << key;
+    return std::make_tuple(m, k, n);
+  };
+  const auto [m1, k1, n1] = shape("sgemm_shape.b1");
+  const auto [m8, k8, n8] = shape("sgemm_shape.b8");
+  EXPECT_EQ(m8, 8 * m1);
+  EXPECT_EQ(k8, k1);
+  EXPECT_EQ(n8, n1);
+  EXPECT_FALSE(json.contains("tta.b1"));  // only the parts asked for
+}
+
 TEST(AnoclipCliTest, CalibrateThenDetectWithTheCalibration) {
   const std::string model = MakeSmallModel("calib", 5);
   const std::string dir = TempDir("calibration");
