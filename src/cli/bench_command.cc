@@ -13,7 +13,6 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -131,10 +130,10 @@ int RunBenchCommand(const std::vector<std::string>& words) {
   if (wants("vision")) {
     const std::vector<int64_t> batches = {1, 8};
     std::map<int64_t, at::Tensor> images;
-    std::map<int64_t, std::unique_ptr<GemmRate>> gemms;
+    std::map<int64_t, GemmRate> gemms;
     for (const int64_t batch : batches) {
       images[batch] = loaded.ToModelInput(torch::randn({batch, 3, size, size}));
-      gemms[batch] = std::make_unique<GemmRate>(model::LargestVisionGemm(config, batch));
+      gemms.emplace(batch, GemmRate(model::LargestVisionGemm(config, batch)));
     }
     for (int run = -1; run < options.runs; ++run) {  // run -1 warms up
       for (const int64_t batch : batches) {
@@ -142,7 +141,7 @@ int RunBenchCommand(const std::vector<std::string>& words) {
         const int gemm_reps = static_cast<int>(std::max<int64_t>(1, 8 / batch));
         const double clip_s = Seconds([&] { model->EncodeImage(images[batch], clip); sync(); });
         const double anoclip_s = Seconds([&] { model->EncodeImage(images[batch], anoclip); sync(); });
-        const GemmRate& gemm = *gemms[batch];
+        const GemmRate& gemm = gemms.at(batch);
         const double blas = gemm.BlasGflops(gemm_reps), onednn_sgemm = gemm.OneDnnSgemmGflops(gemm_reps),
                      onednn_linear = gemm.OneDnnLinearGflops(gemm_reps);
         if (run < 0) continue;
